@@ -1,0 +1,162 @@
+"""The `nas` command: search, front, ui.
+
+A user error (bad config, bad data, unknown study) prints one clear message and exits with code 2,
+nothing started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from nas.errors import GeonasError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas", description="Geometry-guided architecture search (geonas).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    search = sub.add_parser("search", help="run (or resume) a search from a config")
+    search.add_argument("config", help="YAML config file")
+    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config value (repeatable), e.g. --set search.n_trials=10")
+    search.add_argument("--override", dest="override_files", action="append", default=[], metavar="FILE",
+                        help="a YAML file of overrides merged over the config (repeatable)")
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    front = sub.add_parser("front", help="print the minimal-complexity front of a stored study")
+    front.add_argument("--study", help="study name (default: the only study in the storage, or the config's)")
+    front.add_argument("--config", help="a config whose storage and study name to use")
+    front.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    front.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the configured store")
+    ui.add_argument("--config", help="a config whose tracking store to serve")
+    ui.add_argument("--backend-store-uri", help="tracking store (default sqlite:///runs/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="trials", unit="trial", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def update(search: Any) -> None:
+        bar.n = search.finished
+        best = "-" if search.best_f is None else f"{search.best_f:.4f}"
+        bar.set_postfix_str(f"best F {best} | front {len(search.front)} | HV {search.hypervolume():.4f}")
+        bar.refresh()
+
+    return bar, update
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from nas.config import load_config
+    from nas.search import front_table, run_search
+
+    config = load_config(args.config, args.overrides, args.override_files)
+    bar, update = _progress_bar(config.search.n_trials, not args.no_progress)
+    try:
+        outcome = run_search(config, on_progress=update)
+    finally:
+        bar.close()
+    states = {s: outcome.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    print(f"study {outcome.study_name}: {len(outcome.records)} trials "
+          f"({states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed) "
+          f"in {outcome.wall_time:.0f} s")
+    best = "-" if outcome.best_f is None else f"{outcome.best_f:.4f}"
+    print(f"best F {best}; hypervolume {outcome.hypervolume:.4f}; MLflow parent run {outcome.parent_run_id}")
+    print()
+    print(front_table(outcome.front, outcome.final_test), end="")
+    return 0
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nas.config import expand_env, load_config, mask_secrets
+    from nas.search import front_json, front_table
+    from nas.study import final_results, study_front
+
+    storage, study_name = args.storage, args.study
+    if args.config:
+        config = load_config(args.config)
+        storage = storage or config.search.storage
+        study_name = study_name or config.study_name
+    storage = expand_env(storage or DEFAULT_STORAGE, "--storage")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+        raise GeonasError(f"no study storage at {storage}: run a search first or pass --storage")
+    if study_name is None:
+        names = optuna.get_all_study_names(storage)
+        if len(names) != 1:
+            raise GeonasError(f"--study is required: the storage {mask_secrets(storage)} holds "
+                              f"{len(names)} studies {names}")
+        study_name = names[0]
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise GeonasError(f"no study named {study_name!r} in {mask_secrets(storage)}; studies there: {names}") from None
+    from nas.energy import hypervolume
+
+    reference = tuple(study.user_attrs.get("reference_point", (1.0e6, 1.0)))
+    points, front = study_front(study)
+    final = final_results(study)
+    if args.json:
+        print(json.dumps({"study": study_name, **front_json(front, hypervolume(front, reference), final)}, indent=2))
+    else:
+        print(f"study {study_name}: {len(points)} completed trials, {len(front)} on the front")
+        print(front_table(front, final), end="")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from nas.config import load_config
+
+    uri = args.backend_store_uri
+    artifacts = "runs/artifacts"
+    if args.config:
+        config = load_config(args.config)
+        uri = uri or config.tracking.uri
+        artifacts = config.tracking.artifact_location
+    uri = uri or "sqlite:///runs/mlflow.db"
+    if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
+        raise GeonasError(f"{uri} is a tracking server already: open it in a browser instead of `nas ui`")
+    mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", uri, "--default-artifact-root", os.path.abspath(artifacts),
+               "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C to stop)", file=sys.stderr)
+    return subprocess.call(command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `nas` console script; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    commands = {"search": _cmd_search, "front": _cmd_front, "ui": _cmd_ui}
+    try:
+        return commands[args.command](args)
+    except GeonasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume the study", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

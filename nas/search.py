@@ -1,0 +1,475 @@
+"""The driver of a search: Optuna ask/tell, Ray workers, MLflow tracking, the front.
+
+Flow of one trial: ask -> sample an Architecture -> its curve (layer_costs, E_comp) -> infeasible?
+(failed, never trained) -> duplicate of a finished architecture? (its result reused) -> bound check
+(scalar mode: λ·E_comp/scale >= best F -> pruned, never trained) -> train on a Ray worker, pruning on its
+per-epoch reports -> tell -> track -> front and hypervolume.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from nas.config import Config, config_to_dict, flatten, mask_secrets
+from nas.data import Dataset, load_dataset
+from nas.energy import FrontPoint, bound_excludes, complexity_term, energy, hypervolume, pareto_front
+from nas.study import ATTR, FINISHED_STATES, derive_seed, front_points, open_study
+from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
+from search_spaces import Architecture, InfeasibleArchitecture, get_space, layer_costs, total_macs, total_params
+from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
+
+__all__ = ["run_search", "SearchOutcome", "TrialRecord"]
+
+FRONT_REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows of one trial while and after it runs."""
+
+    number: int
+    state: str = "RUNNING"
+    arch_id: str = ""
+    summary: str = ""
+    e_comp: int = 0
+    params: int = 0
+    reason: str = ""
+    values: tuple[float, ...] = ()
+    epochs: int = 0
+    train_wall_time: float = 0.0
+    dispatched_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass
+class SearchOutcome:
+    """The result of `run_search`: every trial record, the front, its hypervolume and test results."""
+
+    study_name: str
+    records: dict[int, TrialRecord]
+    points: list[FrontPoint]
+    front: list[FrontPoint]
+    hypervolume: float
+    best_f: float | None
+    final_test: dict[str, dict[str, Any]]
+    wall_time: float
+    parent_run_id: str | None
+    hypervolume_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.records.values() if r.state == state)
+
+
+class _Search:
+    """One search in progress; `run_search` builds it and calls `run`."""
+
+    def __init__(self, config: Config, dataset: Dataset, executor: RayExecutor, tracker: Tracker,
+                 on_progress: Callable[["_Search"], None] | None) -> None:
+        self.config = config
+        self.search = config.search
+        self.dataset = dataset
+        space_cfg = dict(config.space)
+        self.space = get_space(space_cfg.pop("name"), **space_cfg)
+        self.executor = executor
+        self.tracker = tracker
+        self.on_progress = on_progress
+        self.study = open_study(config)
+        self.records: dict[int, TrialRecord] = {}
+        self.live: dict[int, optuna.Trial] = {}
+        self.reports: dict[int, list[dict[str, float]]] = {}
+        self.results_by_arch: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.points: list[FrontPoint] = []
+        self.best_f: float | None = None
+        self.hv_history: list[tuple[int, float]] = []
+        self.started = time.perf_counter()
+        self._front_logged_at = -math.inf
+        self.study.set_user_attr("reference_point", list(self.search.reference_point))
+        self.study.set_user_attr("mode", self.search.mode)
+        self._load_finished()
+
+    # -- state from the storage (a rerun of the same config resumes the study) ------------------------------
+    def _load_finished(self) -> None:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state not in FINISHED_STATES:
+                continue
+            a = t.user_attrs
+            record = TrialRecord(t.number, state=t.state.name, arch_id=str(a.get(ATTR.ARCH_ID, "")),
+                                 summary=str(a.get(ATTR.SUMMARY, "")), e_comp=int(a.get(ATTR.E_COMP, 0)),
+                                 params=int(a.get(ATTR.PARAMS, 0)), reason=str(a.get(ATTR.REASON, "")),
+                                 values=tuple(t.values or ()), epochs=int(a.get(ATTR.EPOCHS, 0)))
+            self.records[t.number] = record
+            if t.state == TrialState.COMPLETE and ATTR.F in a:
+                self.results_by_arch.setdefault(record.arch_id, (t.number, self._stored_result(a)))
+                self._update_best(float(a[ATTR.F]))
+        self.points = front_points(self.study.get_trials(deepcopy=False))
+
+    @staticmethod
+    def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"val_loss": attrs[ATTR.E_CNN], "val_error": attrs[ATTR.VAL_ERROR], "epochs": attrs.get(ATTR.EPOCHS, 0),
+                "fixed_point_reached": attrs.get(ATTR.FIXED_POINT, False), "wall_time": 0.0}
+
+    def _update_best(self, f: float) -> None:
+        if self.best_f is None or f < self.best_f:
+            self.best_f = f
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for r in self.records.values() if r.state != "RUNNING")
+
+    @property
+    def front(self) -> list[FrontPoint]:
+        return pareto_front(self.points)
+
+    def hypervolume(self) -> float:
+        return hypervolume(self.front, self.search.reference_point)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        data_ref = self.executor.put(self.dataset.without_test())
+        while self.finished < self.search.n_trials or self.live:
+            while len(self.live) < self.executor.parallelism and self.finished + len(self.live) < self.search.n_trials:
+                self._ask_and_dispatch(data_ref)
+            for event in self.executor.poll(timeout=0.5):
+                self._handle(event)
+
+    def _ask_and_dispatch(self, data_ref: Any) -> None:
+        trial = self.study.ask()
+        record = TrialRecord(trial.number)
+        self.records[trial.number] = record
+        seed = derive_seed(self.config.seed, trial.number)
+        arch = self.space.sample(trial)
+        record.arch_id, record.summary = arch.arch_id, arch.summary()
+        trial.set_user_attr(ATTR.ARCH, arch.to_dict())
+        trial.set_user_attr(ATTR.ARCH_ID, arch.arch_id)
+        trial.set_user_attr(ATTR.SUMMARY, record.summary)
+        trial.set_user_attr(ATTR.SEED, seed)
+        self._start_child(trial.number, arch, seed)
+        try:
+            costs = layer_costs(arch, self.dataset.input_shape, self.dataset.num_classes)
+        except InfeasibleArchitecture as exc:
+            self._finish_failed(trial, str(exc))
+            return
+        record.e_comp, record.params = total_macs(costs), total_params(costs)
+        trial.set_user_attr(ATTR.E_COMP, record.e_comp)
+        trial.set_user_attr(ATTR.PARAMS, record.params)
+        self._log_profile(trial.number, arch, costs)
+        if arch.arch_id in self.results_by_arch:
+            # The sampler proposed a structure already trained to its fixed point: reuse that result.
+            source, result = self.results_by_arch[arch.arch_id]
+            trial.set_user_attr(ATTR.DUPLICATE_OF, source)
+            self.tracker.set_tags(trial.number, {"duplicate_of": source})
+            self._finish_complete(trial, result)
+            return
+        if self.search.mode == "scalar" and self.search.bound_check and bound_excludes(
+                record.e_comp, self.search.lam, self.search.scale, self.best_f):
+            term = complexity_term(record.e_comp, self.search.lam, self.search.scale)
+            self._finish_pruned(trial, f"bound: λ·E_comp/scale = {term:.4g} >= best F = {self.best_f:.4g}")
+            return
+        self.live[trial.number] = trial
+        self.reports[trial.number] = []
+        record.dispatched_at = time.perf_counter()
+        self.executor.submit(trial.number, TaskSpec(arch.to_json(), self.config.train, seed), data_ref)
+
+    def _handle(self, event: TrialEvent) -> None:
+        trial = self.live.get(event.key)
+        if trial is None:
+            return  # a late event of a trial already pruned
+        if event.kind == "report":
+            self._on_report(trial, event.epoch, event.payload or {})
+        elif event.kind == "result":
+            del self.live[trial.number]
+            self._finish_complete(trial, event.payload or {})
+        else:
+            del self.live[trial.number]
+            self._finish_failed(trial, event.reason or event.kind)
+
+    def _on_report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(trial.number, metrics, step=epoch)
+        self.reports[trial.number].append(metrics)
+        if self.search.mode != "scalar":
+            return
+        record = self.records[trial.number]
+        f_epoch = energy(metrics["val_loss"], record.e_comp, self.search.lam, self.search.scale)
+        trial.report(f_epoch, epoch)
+        if trial.should_prune():
+            self.executor.cancel(trial.number)
+            del self.live[trial.number]
+            self._finish_pruned(trial, f"pruner: F = {f_epoch:.4g} at epoch {epoch}", epochs=epoch)
+
+    # -- endings ------------------------------------------------------------------------------------------
+    def _finish_complete(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        record = self.records[trial.number]
+        e_cnn, val_error = float(result["val_loss"]), float(result["val_error"])
+        f = energy(e_cnn, record.e_comp, self.search.lam, self.search.scale)
+        record.epochs = int(result.get("epochs", 0))
+        record.train_wall_time = float(result.get("wall_time", 0.0))
+        attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
+                 ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
+                 ATTR.WALL_TIME: record.train_wall_time}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        values = (f,) if self.search.mode == "scalar" else (float(record.e_comp), val_error)
+        self.study.tell(trial, values)
+        record.state, record.values = "COMPLETE", values
+        self.results_by_arch.setdefault(record.arch_id, (trial.number, result))
+        self._update_best(f)
+        self.points.append(FrontPoint(trial.number, float(record.e_comp), val_error, record.params, record.arch_id,
+                                      record.summary, {"F": f, "E_CNN": e_cnn, "epochs": record.epochs}))
+        final = {"E_comp": record.e_comp, "E_CNN": e_cnn, "F": f, "val_error": val_error, "epochs": record.epochs,
+                 "fixed_point_reached": float(attrs[ATTR.FIXED_POINT]), "params": record.params,
+                 "train_wall_time": record.train_wall_time}
+        for key in ("loss_residual", "update_residual", "final_lr"):
+            if key in result:
+                final[key] = float(result[key])
+        self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE"}, step=record.epochs)
+        self._after_trial(trial.number)
+
+    def _finish_pruned(self, trial: optuna.Trial, reason: str, epochs: int = 0) -> None:
+        record = self.records[trial.number]
+        trial.set_user_attr(ATTR.REASON, reason)
+        trial.set_user_attr(ATTR.EPOCHS, epochs)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        record.state, record.reason, record.epochs = "PRUNED", reason, epochs
+        self.live.pop(trial.number, None)
+        self.tracker.end_run(trial.number, "KILLED", {"epochs": epochs, "E_comp": record.e_comp},
+                             {TAG_STATE: "PRUNED", TAG_REASON: reason}, step=epochs)
+        self._after_trial(trial.number)
+
+    def _finish_failed(self, trial: optuna.Trial, reason: str) -> None:
+        record = self.records[trial.number]
+        trial.set_user_attr(ATTR.REASON, reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        record.state, record.reason = "FAIL", reason
+        self.tracker.end_run(trial.number, "FAILED", None, {TAG_STATE: "FAIL", TAG_REASON: reason})
+        self._after_trial(trial.number)
+
+    def _after_trial(self, number: int) -> None:
+        record = self.records[number]
+        record.finished_at = time.perf_counter()
+        hv = self.hypervolume()
+        self.hv_history.append((number, hv))
+        metrics = {"hypervolume": hv, "front_size": float(len(self.front)), "trials_finished": float(self.finished)}
+        if self.best_f is not None:
+            metrics["best_F"] = self.best_f
+        self.tracker.log_metrics(PARENT, metrics, step=number, flush=True)
+        if record.state == "COMPLETE":
+            self._log_front(force=False)
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    # -- tracking ---------------------------------------------------------------------------------------
+    def _start_child(self, number: int, arch: Architecture, seed: int) -> None:
+        params = {f"arch.{k}": v for k, v in arch.flat_params().items()}
+        params.update(seed=seed, trial_number=number)
+        tags = {TAG_KIND: "trial", TAG_STUDY: self.config.study_name, TAG_TRIAL: number, TAG_ARCH: arch.arch_id,
+                TAG_STATE: "RUNNING", "summary": arch.summary()}
+        self.tracker.start_run(number, f"trial-{number:04d}", tags, params, parent=PARENT)
+        self.tracker.log_dict(number, arch.to_dict(), "architecture.json")
+
+    def _log_profile(self, number: int, arch: Architecture, costs: list[Any]) -> None:
+        profile = [{"name": c.name, "kind": c.kind, "output_shape": list(c.output_shape), "macs": c.macs,
+                    "params": c.params} for c in costs]
+        self.tracker.log_dict(number, {"arch_id": arch.arch_id, "E_comp": total_macs(costs), "layers": profile},
+                              "complexity_profile.json")
+        names = [c.name for c in costs if c.kind in ("conv", "linear")]
+        macs = [c.macs for c in costs if c.kind in ("conv", "linear")]
+        title = f"trial {number}: {arch.summary()}"
+
+        def figure() -> Any:
+            from nas.plots import profile_figure
+
+            return profile_figure(names, macs, title)
+
+        self.tracker.log_figure(number, figure, "complexity_profile.png")
+
+    def _log_front(self, force: bool = True) -> None:
+        # Rendering the plot costs tens of milliseconds: refresh it at most every few seconds while running.
+        now = time.perf_counter()
+        if not force and now - self._front_logged_at < FRONT_REFRESH_SECONDS:
+            return
+        self._front_logged_at = now
+        points, front = list(self.points), self.front
+        self.tracker.log_dict(PARENT, front_json(front, self.hypervolume()), "front.json")
+        title = f"{self.config.name}: {len(points)} trials, {len(front)} on the front"
+
+        def figure() -> Any:
+            from nas.plots import front_figure
+
+            return front_figure(points, front, title)
+
+        self.tracker.log_figure(PARENT, figure, "front.png")
+
+    # -- the final report ---------------------------------------------------------------------------------
+    def final_report(self) -> dict[str, dict[str, Any]]:
+        """Retrain each front member with `final_seeds` seeds; evaluate each once on the test split."""
+        front = self.front
+        seeds = self.search.final_seeds
+        if not front or seeds == 0:
+            self._log_front(force=True)
+            return {}
+        existing = dict(self.study.user_attrs.get("final_test", {}))
+        todo = [p for p in front if str(p.trial_number) not in existing]
+        if todo:
+            data_ref = self.executor.put(self.dataset)
+            trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+            for point in todo:
+                arch_json = Architecture.from_dict(trials[point.trial_number].user_attrs[ATTR.ARCH]).to_json()
+                for k in range(seeds):
+                    spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
+                                    evaluate_test=True)
+                    self.executor.submit(("final", point.trial_number, k), spec, data_ref)
+            accuracies: dict[int, list[float]] = {p.trial_number: [] for p in todo}
+            reasons: dict[int, list[str]] = {p.trial_number: [] for p in todo}
+            for event in self.executor.wait_all():
+                _, number, _ = event.key
+                if event.kind == "result" and event.payload:
+                    accuracies[number].append(float(event.payload["test_accuracy"]))
+                elif event.kind in ("error", "cancelled"):
+                    reasons[number].append(event.reason)
+            for number, values in accuracies.items():
+                entry: dict[str, Any] = {"seeds": len(values), "test_accuracy": values}
+                if values:
+                    entry["test_accuracy_mean"] = statistics.fmean(values)
+                    entry["test_accuracy_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+                if reasons[number]:
+                    entry["failures"] = reasons[number]
+                existing[str(number)] = entry
+                if values:
+                    self.tracker.log_metrics(number, {"test_accuracy_mean": entry["test_accuracy_mean"],
+                                                      "test_accuracy_std": entry["test_accuracy_std"]}, step=0,
+                                             flush=True)
+            self.study.set_user_attr("final_test", existing)
+        self._log_front(force=True)
+        table = front_table(front, existing)
+        self.tracker.log_text(PARENT, table, "front_table.md")
+        self.tracker.log_dict(PARENT, front_json(front, self.hypervolume(), existing), "front.json")
+        return existing
+
+
+def front_json(front: list[FrontPoint], hv: float, final: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The front as plain data (what front.json holds and `nas front --json` prints)."""
+    final = final or {}
+    members = []
+    for p in front:
+        member = {"trial_number": p.trial_number, "arch_id": p.arch_id, "summary": p.summary, "macs": p.macs,
+                  "params": p.params, "val_error": p.val_error, **(p.extra or {})}
+        test = final.get(str(p.trial_number))
+        if test and "test_accuracy_mean" in test:
+            member.update(test_accuracy_mean=test["test_accuracy_mean"], test_accuracy_std=test["test_accuracy_std"],
+                          test_seeds=test["seeds"])
+        members.append(member)
+    return {"hypervolume": hv, "front": members}
+
+
+def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None = None) -> str:
+    """The front as a markdown table: one row per member, by increasing MACs."""
+    final = final or {}
+    lines = ["| trial | architecture | MACs | params | val error | test accuracy |",
+             "|---:|:---|---:|---:|---:|:---|"]
+    for p in front:
+        test = final.get(str(p.trial_number), {})
+        acc = (f"{100 * test['test_accuracy_mean']:.2f} ± {100 * test['test_accuracy_std']:.2f}% "
+               f"({test['seeds']} seeds)" if "test_accuracy_mean" in test else "—")
+        lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | "
+                     f"{100 * p.val_error:.2f}% | {acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "processor": platform.processor(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+            "torch_threads": torch.get_num_threads()}
+
+
+def _find_parent(tracker: Tracker, config: Config) -> str | None:
+    """The parent run of this study from an earlier driver, to continue it on a rerun."""
+    from nas.tracking import experiment_id
+
+    exp = experiment_id(tracker.client, config.experiment_name, config.tracking.artifact_location)
+    runs = tracker.client.search_runs([exp], filter_string=f"tags.`{TAG_STUDY}` = '{config.study_name}' and "
+                                                           f"tags.`{TAG_KIND}` = 'search'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = None,
+               executor: RayExecutor | None = None) -> SearchOutcome:
+    """Run (or resume) the search a config describes, to its budget of finished trials.
+
+    Args:
+        config: a validated config.
+        on_progress: called after every finished trial with the search in progress (for a progress bar).
+        executor: a started RayExecutor to reuse (tests share one local Ray); by default one is made from
+            ``config.ray`` and shut down at the end.
+
+    Returns:
+        The outcome: trial records, the front and its hypervolume, and the final test results.
+
+    Raises:
+        DataError, ConfigError: before any trial starts, when the data or the config cannot be used.
+    """
+    started = time.perf_counter()
+    dataset = load_dataset(config.data, config.seed)
+    tracker = Tracker(config.tracking.uri, config.experiment_name, config.tracking.artifact_location)
+    own_executor = executor is None
+    if executor is None:
+        r = config.ray
+        executor = RayExecutor(r.address, r.parallelism, r.cpus_per_trial, r.gpus_per_trial, r.max_retries)
+        executor.start()
+    try:
+        search = _Search(config, dataset, executor, tracker, on_progress)
+        resolved = config_to_dict(config)
+        resolved["search"]["storage"] = mask_secrets(config.search.storage)
+        tags = {TAG_KIND: "search", TAG_STUDY: config.study_name, "dataset": dataset.name,
+                "space": config.space.get("name"), "mode": config.search.mode,
+                "storage": mask_secrets(config.search.storage), "data_fingerprint": dataset.fingerprint}
+        params = {k: mask_secrets(str(v)) for k, v in flatten(resolved).items()}
+        parent_id = _find_parent(tracker, config)
+        tracker.start_run(PARENT, config.name, tags, params, existing_run_id=parent_id)
+        tracker.log_text(PARENT, _yaml(resolved), "config.yaml")
+        tracker.log_dict(PARENT, {"machine": _machine(), "data": {"fingerprint": dataset.fingerprint, **dataset.sizes(),
+                                  "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}},
+                         "environment.json")
+        search.run()
+        final = search.final_report()
+        hv_steps = [s for s, _ in search.hv_history]
+        hv_values = [v for _, v in search.hv_history]
+
+        def hv_figure() -> Any:
+            from nas.plots import hypervolume_figure
+
+            return hypervolume_figure(hv_steps, hv_values, f"{config.name}: hypervolume")
+
+        if hv_steps:
+            tracker.log_figure(PARENT, hv_figure, "hypervolume.png")
+        tracker.end_run(PARENT, "FINISHED", {"wall_time": time.perf_counter() - started}, step=search.search.n_trials)
+        tracker.flush()
+        return SearchOutcome(
+            study_name=config.study_name, records=search.records, points=search.points, front=search.front,
+            hypervolume=search.hypervolume(), best_f=search.best_f, final_test=final,
+            wall_time=time.perf_counter() - started, parent_run_id=tracker.run_id(PARENT),
+            hypervolume_history=search.hv_history)
+    finally:
+        tracker.close(timeout=120)
+        if own_executor:
+            executor.shutdown()
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+__all__ += ["front_json", "front_table"]

@@ -1,0 +1,134 @@
+"""The Optuna side of a search: study creation (sampler, pruner, directions) and reading a study back.
+
+The driver (`nas.search`) is the only Optuna client; this module holds what it and the CLI share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.config import Config, expand_env, mask_secrets
+from nas.energy import FrontPoint, pareto_front
+from nas.errors import ConfigError
+
+__all__ = ["derive_seed", "make_sampler", "make_pruner", "open_study", "storage_url", "front_points",
+           "FINISHED_STATES", "ATTR"]
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class ATTR:
+    """Names of the user attributes a trial keeps in the storage (the storage is the source of truth)."""
+
+    ARCH = "arch"
+    ARCH_ID = "arch_id"
+    SUMMARY = "summary"
+    E_COMP = "E_comp"
+    PARAMS = "params"
+    SEED = "seed"
+    E_CNN = "E_CNN"
+    VAL_ERROR = "val_error"
+    F = "F"
+    EPOCHS = "epochs"
+    FIXED_POINT = "fixed_point_reached"
+    REASON = "reason"
+    DUPLICATE_OF = "duplicate_of"
+    WALL_TIME = "train_wall_time"
+
+
+def derive_seed(study_seed: int, trial_number: int, replicate: int = 0) -> int:
+    """A trial's seed from the study seed, its number and a replicate index (stable across machines)."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}:{replicate}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def make_sampler(config: Config) -> optuna.samplers.BaseSampler:
+    search = config.search
+    seed = config.seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if search.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if search.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, search.n_startup_trials))
+        if search.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials,
+                                             warn_independent_sampling=False)
+        # multivariate + group: the space is conditional (per-layer keys exist only up to the sampled depth).
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.n_startup_trials, multivariate=True,
+                                          group=True, constant_liar=True)
+
+
+def make_pruner(config: Config) -> optuna.pruners.BasePruner:
+    search = config.search
+    if search.mode == "pareto" or search.pruner == "none":
+        # Optuna cannot prune multi-objective trials; the fixed-point rule still ends each run.
+        return optuna.pruners.NopPruner()
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, search.pruner_warmup_epochs),
+                                                      reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=min(5, search.n_startup_trials),
+                                       n_warmup_steps=search.pruner_warmup_epochs)
+
+
+def storage_url(config: Config) -> str:
+    """The storage URL with ``${ENV}`` secrets expanded (never log the result: use `mask_secrets`)."""
+    url = expand_env(config.search.storage, "search.storage")
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_study(config: Config) -> optuna.Study:
+    """Create the study, or load it when it exists (a rerun of the same config resumes it).
+
+    Raises:
+        ConfigError: if the stored study was made for another mode (one vs two objectives).
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["minimize"] if config.search.mode == "scalar" else ["minimize", "minimize"]
+    url = storage_url(config)
+    try:
+        study = optuna.create_study(storage=url, study_name=config.study_name, sampler=make_sampler(config),
+                                    pruner=make_pruner(config), directions=directions, load_if_exists=True)
+    except Exception as exc:  # noqa: BLE001 - a storage that cannot be opened is the user's URL at fault
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"search.storage {mask_secrets(url)!r} cannot be opened: {type(exc).__name__}: "
+                          f"{mask_secrets(str(exc)).splitlines()[0]}") from None
+    if len(study.directions) != len(directions):
+        raise ConfigError(f"search.mode is {config.search.mode!r}, but the stored study {config.study_name!r} has "
+                          f"{len(study.directions)} objective(s); use another search.study_name")
+    return study
+
+
+def front_points(trials: list[FrozenTrial]) -> list[FrontPoint]:
+    """Completed trials as points of the (E_comp, validation error) plane."""
+    points = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or ATTR.E_COMP not in t.user_attrs:
+            continue
+        a = t.user_attrs
+        points.append(FrontPoint(trial_number=t.number, macs=float(a[ATTR.E_COMP]), val_error=float(a[ATTR.VAL_ERROR]),
+                                 params=int(a.get(ATTR.PARAMS, 0)), arch_id=str(a.get(ATTR.ARCH_ID, "")),
+                                 summary=str(a.get(ATTR.SUMMARY, "")),
+                                 extra={"F": a.get(ATTR.F), "E_CNN": a.get(ATTR.E_CNN), "epochs": a.get(ATTR.EPOCHS)}))
+    return points
+
+
+def study_front(study: optuna.Study) -> tuple[list[FrontPoint], list[FrontPoint]]:
+    """(all completed points, the front) of a stored study."""
+    points = front_points(study.get_trials(deepcopy=False))
+    return points, pareto_front(points)
+
+
+def final_results(study: optuna.Study) -> dict[str, Any]:
+    """Test accuracies of front members from the final report, keyed by trial number (as text)."""
+    return dict(study.user_attrs.get("final_test", {}))

@@ -1,0 +1,265 @@
+"""Every MLflow write of the service goes through this module.
+
+`Tracker` queues writes and performs them, in order, on one background thread: the driver never waits on
+MLflow, per-epoch metrics go out in batches (one ``log_batch`` per flush), and a tracking server that is
+down delays the writes (retried with backoff) instead of stopping the search or losing a record.
+Runs are addressed by keys (``"search"`` for the parent, the trial number for a child) that the thread
+resolves to MLflow run ids once they exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+__all__ = ["Tracker", "experiment_id", "client_for", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
+           "TAG_REASON", "TAG_KIND"]
+
+log = logging.getLogger(__name__)
+
+PARENT = "search"
+TAG_KIND = "geonas.kind"  # "search" or "trial"
+TAG_STUDY = "geonas.study"
+TAG_TRIAL = "trial_number"
+TAG_ARCH = "arch_id"
+TAG_STATE = "state"
+TAG_REASON = "reason"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value is 6000 characters
+BATCH = 1000  # MLflow accepts up to 1000 metrics per log_batch
+
+
+def client_for(uri: str) -> MlflowClient:
+    """An MlflowClient on `uri` (a SQLite store path or a tracking server URL)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created (with `artifact_location`) if it does not exist."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_location:
+        if "://" in artifact_location:
+            location = artifact_location
+        else:
+            path = Path(artifact_location).resolve() / name
+            path.mkdir(parents=True, exist_ok=True)
+            location = path.as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - another driver may have created it in between
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@dataclass
+class _Op:
+    name: str
+    fn: Callable[[], None]
+    attempts: int = 0
+
+
+@dataclass
+class _Pending:
+    metrics: dict[Hashable, list[Metric]] = field(default_factory=dict)
+
+
+class Tracker:
+    """Queued, batched MLflow writes for one search (a parent run and one child run per trial).
+
+    Args:
+        uri: the MLflow tracking URI.
+        experiment: the experiment name (created if missing).
+        artifact_location: where a new experiment keeps artifacts (a folder or URI); None for the server default.
+        retry_for: seconds a failing write is retried before it is given up (the Optuna storage keeps the
+            record; ``nas sync`` rebuilds MLflow from it).
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
+                 retry_for: float = 600.0) -> None:
+        self.uri = uri
+        self.client = client_for(uri)
+        self.experiment = experiment
+        self.artifact_location = artifact_location
+        self.retry_for = retry_for
+        self._experiment_id: str | None = None
+        self._run_ids: dict[Hashable, str] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Op | None] = queue.Queue()
+        self._pending = _Pending()
+        self.failed_writes: list[str] = []
+        self._thread = threading.Thread(target=self._work, name="geonas-tracking", daemon=True)
+        self._thread.start()
+
+    # -- the writer thread --------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                self._queue.task_done()
+                return
+            started = time.monotonic()
+            delay = 0.5
+            while True:
+                try:
+                    op.fn()
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure of the store: retry, then give up loudly
+                    op.attempts += 1
+                    if time.monotonic() - started > self.retry_for:
+                        message = f"MLflow write '{op.name}' given up after {op.attempts} attempts: {exc}"
+                        log.warning(message)
+                        self.failed_writes.append(message)
+                        break
+                    if op.attempts == 1:
+                        log.warning("MLflow write '%s' failed (%s); retrying", op.name, exc)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 15.0)
+            self._queue.task_done()
+
+    def _submit(self, name: str, fn: Callable[[], None]) -> None:
+        self._queue.put(_Op(name, fn))
+
+    def _run_id(self, key: Hashable) -> str:
+        with self._lock:
+            if key not in self._run_ids:
+                raise RuntimeError(f"no MLflow run for {key!r}")
+            return self._run_ids[key]
+
+    def run_id(self, key: Hashable) -> str | None:
+        """The MLflow run id of `key` once its run exists (None before the queue reached it)."""
+        with self._lock:
+            return self._run_ids.get(key)
+
+    def _exp(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = experiment_id(self.client, self.experiment, self.artifact_location)
+        return self._experiment_id
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    def start_run(self, key: Hashable, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any],
+                  parent: Hashable | None = None, existing_run_id: str | None = None) -> None:
+        """Create (or, with `existing_run_id`, reopen) the run of `key`, with tags and params."""
+
+        def create() -> None:
+            all_tags = {k: str(v) for k, v in tags.items()}
+            if parent is not None:
+                all_tags["mlflow.parentRunId"] = self._run_id(parent)
+            if existing_run_id is not None:
+                run_id = existing_run_id
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                run_id = self.client.create_run(self._exp(), tags=all_tags, run_name=run_name).info.run_id
+            with self._lock:
+                self._run_ids[key] = run_id
+            param_list = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+            for start in range(0, len(param_list), 100):
+                self.client.log_batch(run_id, params=param_list[start:start + 100], synchronous=True)
+            if existing_run_id is not None and all_tags:
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()], synchronous=True)
+
+        self._submit(f"start run {key}", create)
+
+    def log_metrics(self, key: Hashable, metrics: Mapping[str, float], step: int, flush: bool = False) -> None:
+        """Buffer metrics of `key` at `step`; they are written in one batch at the next flush of that run."""
+        now = int(time.time() * 1000)
+        batch = self._pending.metrics.setdefault(key, [])
+        batch.extend(Metric(name, float(value), now, int(step)) for name, value in metrics.items())
+        if flush or len(batch) >= BATCH:
+            self.flush_metrics(key)
+
+    def flush_metrics(self, key: Hashable) -> None:
+        batch = self._pending.metrics.pop(key, [])
+        if not batch:
+            return
+
+        def write() -> None:
+            run_id = self._run_id(key)
+            for start in range(0, len(batch), BATCH):
+                self.client.log_batch(run_id, metrics=batch[start:start + BATCH], synchronous=True)
+
+        self._submit(f"metrics of {key}", write)
+
+    def set_tags(self, key: Hashable, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._submit(f"tags of {key}", lambda: self.client.log_batch(self._run_id(key), tags=items, synchronous=True))
+
+    def log_dict(self, key: Hashable, data: Any, artifact_file: str) -> None:
+        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        self._submit(f"{artifact_file} of {key}",
+                     lambda: self.client.log_text(self._run_id(key), text, artifact_file))
+
+    def log_text(self, key: Hashable, text: str, artifact_file: str) -> None:
+        self._submit(f"{artifact_file} of {key}", lambda: self.client.log_text(self._run_id(key), text, artifact_file))
+
+    def log_figure(self, key: Hashable, make_figure: Callable[[], Any], artifact_file: str) -> None:
+        """Render a matplotlib figure on the writer thread (off the driver's path) and log it as PNG."""
+
+        def write() -> None:
+            from nas.plots import close
+
+            fig = make_figure()
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / Path(artifact_file).name
+                    fig.savefig(path)
+                    folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
+                    self.client.log_artifact(self._run_id(key), str(path), folder)
+            finally:
+                close(fig)
+
+        self._submit(f"{artifact_file} of {key}", write)
+
+    def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None]) -> None:
+        """Queue any other write: `fn(client, run_id_of)` runs on the writer thread in order."""
+        self._submit(name, lambda: fn(self.client, self._run_id))
+
+    def end_run(self, key: Hashable, status: str, metrics: Mapping[str, float] | None = None,
+                tags: Mapping[str, Any] | None = None, step: int = 0) -> None:
+        """Write the final metrics and tags of `key` with its buffered metrics, then end it with `status`."""
+        if metrics:
+            self.log_metrics(key, metrics, step)
+        self.flush_metrics(key)
+        if tags:
+            self.set_tags(key, tags)
+        self._submit(f"end run {key}", lambda: self.client.set_terminated(self._run_id(key), status=status))
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write is done; False if `timeout` seconds passed first."""
+        for key in list(self._pending.metrics):
+            self.flush_metrics(key)
+        if timeout is None:
+            self._queue.join()
+            return True
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self._queue.unfinished_tasks
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.unfinished_tasks
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush and stop the writer thread; False if writes were still queued after `timeout`."""
+        done = self.flush(timeout)
+        self._queue.put(None)
+        if done:
+            self._thread.join(timeout=5)
+        return done

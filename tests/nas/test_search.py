@@ -1,0 +1,129 @@
+"""A tiny search through real Ray, real SQLite Optuna storage and a real MLflow store, read back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from nas.config import config_from_dict
+from nas.search import run_search
+from nas.tracking import TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY
+
+TINY_SPACE = {"name": "cnn", "depth": [0, 2], "channels": [4, 8], "kernel_sizes": [3], "activations": ["relu", "tanh"],
+              "batch_norm": [True], "downsample": ["stride"], "downsample_every": [1], "head": ["global_pool", "flatten"]}
+
+
+def tiny_config(stores: dict[str, str], **sections: Any):
+    data = {
+        "name": "tiny", "seed": 0, "data": {"dataset": "digits"}, "space": TINY_SPACE,
+        "train": {"max_epochs": 8, "patience": 2},
+        "search": {"n_trials": 6, "n_startup_trials": 3, "final_seeds": 2, "storage": stores["storage"],
+                   "pruner_warmup_epochs": 2},
+        "tracking": {"uri": stores["tracking"], "artifact_location": stores["artifacts"]},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) and key != "space" else value
+    return config_from_dict(data)
+
+
+def _runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(TAG_KIND) == "search"]
+    children = [r for r in runs if r.data.tags.get(TAG_KIND) == "trial"]
+    return client, parents, children
+
+
+def _artifacts(client: MlflowClient, run_id: str) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_executor):
+    config = tiny_config(stores)
+    outcome = run_search(config, executor=ray_executor)
+
+    # The study: exactly the budget of finished trials, each with its architecture and curve stored.
+    study = optuna.load_study(study_name="tiny", storage=stores["storage"])
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    assert len(study.trials) == len(finished) == 6
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    assert complete, "at least one trial completes on digits"
+    for t in complete:
+        a = t.user_attrs
+        # F is the scalar objective, E_CNN + λ·E_comp/scale
+        assert t.value == pytest.approx(a["E_CNN"] + 0.1 * a["E_comp"] / 1e6)
+        assert a["arch_id"] and a["E_comp"] >= 0 and 0 <= a["val_error"] <= 1
+
+    # The front: non-dominated completed trials, with test results for every member.
+    assert outcome.front and set(str(p.trial_number) for p in outcome.front) == set(outcome.final_test)
+    for entry in outcome.final_test.values():
+        assert entry["seeds"] == 2 and 0 < entry["test_accuracy_mean"] <= 1
+
+    # MLflow: one parent, one child per trial, nested under the parent.
+    client, parents, children = _runs(stores["tracking"], "tiny")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_id == outcome.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.tags[TAG_STUDY] == "tiny"
+    assert len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == list(range(6))
+    # parent: the config as params and artifact; hypervolume and best F with step = trial number
+    assert parent.data.params["search.n_trials"] == "6" and parent.data.params["space.name"] == "cnn"
+    hv = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert sorted(m.step for m in hv) == list(range(6))
+    assert {"config.yaml", "front.json", "front.png", "front_table.md", "hypervolume.png",
+            "environment.json"} <= _artifacts(client, parent.info.run_id)
+    front_file = Path(client.download_artifacts(parent.info.run_id, "front.json"))
+    front = json.loads(front_file.read_text())
+    assert [m["trial_number"] for m in front["front"]] == [p.trial_number for p in outcome.front]
+    assert all("test_accuracy_mean" in m for m in front["front"])
+
+    for child in children:
+        number = int(child.data.tags["trial_number"])
+        state = study.trials[number].state.name
+        assert child.data.tags[TAG_STATE] == state  # the run says how the trial ended
+        assert child.data.tags["arch_id"] == study.trials[number].user_attrs["arch_id"]
+        assert "arch.activation" in child.data.params or "arch.depth" in child.data.params
+        assert {"architecture.json", "complexity_profile.json", "complexity_profile.png"} <= _artifacts(
+            client, child.info.run_id)
+        if state == "COMPLETE":
+            assert child.info.status == "FINISHED"
+            assert {"E_comp", "E_CNN", "F", "val_error", "epochs", "fixed_point_reached"} <= set(child.data.metrics)
+            epochs = int(child.data.metrics["epochs"])
+            if "duplicate_of" not in child.data.tags:
+                # one val_loss point per epoch trained
+                assert len(client.get_metric_history(child.info.run_id, "val_loss")) == epochs
+        else:
+            assert child.info.status in ("KILLED", "FAILED") and child.data.tags[TAG_REASON]
+
+
+def test_infeasible_and_diverging_trials_are_recorded_and_the_search_goes_on(stores, ray_executor):
+    # depth 4 with max-pooling after every layer cannot be built for 8x8 inputs; depth 3 trains with an
+    # absurd step and diverges. Neither stops the search.
+    space = {"name": "cnn", "depth": [3, 4], "channels": [4], "kernel_sizes": [3], "activations": ["identity"],
+             "batch_norm": [False], "downsample": ["pool"], "downsample_every": [1], "head": ["flatten"]}
+    config = tiny_config(stores, name="faulty", space=space, train={"optimizer": "sgd", "lr": 1.0e6, "max_epochs": 5},
+                         search={"n_trials": 5, "n_startup_trials": 5, "sampler": "random", "final_seeds": 0,
+                                 "storage": stores["storage"]})
+    outcome = run_search(config, executor=ray_executor)
+    study = optuna.load_study(study_name="faulty", storage=stores["storage"])
+    assert len(study.trials) == 5 and all(t.state == TrialState.FAIL for t in study.trials)
+    reasons = {t.user_attrs["reason"].split(":")[0] for t in study.trials}
+    assert reasons <= {"infeasible", "diverged"} and reasons  # each failure says why
+    depths = {len(t.user_attrs["arch"]["channels"]) for t in study.trials}
+    if depths == {3, 4}:
+        assert reasons == {"infeasible", "diverged"}
+    assert outcome.count("FAIL") == 5 and outcome.front == []
+    _, parents, children = _runs(stores["tracking"], "faulty")
+    assert len(parents) == 1 and len(children) == 5
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert child.data.tags[TAG_REASON].startswith(("infeasible", "diverged"))

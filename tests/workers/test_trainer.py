@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nas.config import DataConfig
+from nas.data import load_dataset
+from search_spaces import Architecture
+from workers import TrainConfig, TrainingDiverged, train_to_fixed_point
+
+SMALL_CNN = {"space": "cnn", "channels": [16, 32], "kernel_sizes": [3, 3], "activation": "relu", "batch_norm": True,
+             "downsample": "stride", "downsample_every": 1, "head": "global_pool"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig("digits"), seed=0).without_test()
+
+
+def test_fixed_point_rule_stops_a_converging_run_early(digits):
+    cfg = TrainConfig(max_epochs=200)
+    reports = []
+    result = train_to_fixed_point(Architecture.from_dict(SMALL_CNN), digits, cfg,
+                                  lambda epoch, m: reports.append((epoch, m)), seed=1)
+    # it stopped by the rule, long before the cap
+    assert result.fixed_point_reached and result.epochs < 200
+    # at the stop both residuals are below their tolerances
+    assert result.loss_residual < cfg.loss_tol and result.update_residual < cfg.update_tol
+    # one report per epoch, in order, with the residuals
+    assert [e for e, _ in reports] == list(range(1, result.epochs + 1))
+    assert {"val_loss", "val_error", "update_residual", "loss_residual", "lr"} <= set(reports[0][1])
+    # the network learned: digits are easy
+    assert result.val_error < 0.1
+
+
+def test_plateau_with_moving_weights_reduces_the_step_until_the_update_vanishes(digits):
+    # With a strict update tolerance the first plateaus come while the weights still move: the rule must
+    # shrink the step (Adam's update has about the size of lr) until the update residual drops below it.
+    cfg = TrainConfig(max_epochs=200, update_tol=1e-3)
+    result = train_to_fixed_point(Architecture.from_dict(SMALL_CNN), digits, cfg, seed=1)
+    assert result.fixed_point_reached and result.update_residual < 1e-3
+    assert result.final_lr <= cfg.lr * cfg.lr_factor  # reduced at least once
+    lrs = [h["lr"] for h in result.history]
+    assert lrs == sorted(lrs, reverse=True)  # the step only ever shrinks
+
+
+def test_max_epochs_caps_a_run_without_a_fixed_point(digits):
+    result = train_to_fixed_point(Architecture.from_dict(SMALL_CNN), digits, TrainConfig(max_epochs=2), seed=1)
+    assert result.epochs == 2 and not result.fixed_point_reached
+
+
+def test_same_seed_gives_the_same_numbers(digits):
+    cfg = TrainConfig(max_epochs=3)
+    arch = Architecture.from_dict(SMALL_CNN)
+    a = train_to_fixed_point(arch, digits, cfg, seed=5)
+    b = train_to_fixed_point(arch, digits, cfg, seed=5)
+    c = train_to_fixed_point(arch, digits, cfg, seed=6)
+    assert a.history == b.history  # deterministic per trial
+    assert a.history != c.history  # the seed matters
+
+
+def test_divergence_raises_with_reason_diverged(digits):
+    arch = Architecture.from_dict({**SMALL_CNN, "activation": "identity", "batch_norm": False})
+    with pytest.raises(TrainingDiverged) as info:
+        train_to_fixed_point(arch, digits, TrainConfig(optimizer="sgd", lr=1e6, max_epochs=5), seed=0)
+    assert str(info.value).startswith("diverged:")
+
+
+def test_trainer_imports_neither_ray_nor_mlflow():
+    code = ("import sys, workers; import workers._trainer; "
+            "print(json.dumps([m for m in ('ray', 'mlflow') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

@@ -1,0 +1,27 @@
+"""Training of candidates: the Ray-free trainer, and `workers.ray_adapter`, the one module importing Ray."""
+
+from workers._trainer import (
+    TrainConfig,
+    TrainData,
+    TrainingDiverged,
+    TrialResult,
+    evaluate,
+    fit,
+    fit_steps,
+    resolve_device,
+    seeded_model,
+    train_to_fixed_point,
+)
+
+__all__ = [
+    "TrainConfig",
+    "TrainData",
+    "TrainingDiverged",
+    "TrialResult",
+    "evaluate",
+    "fit",
+    "fit_steps",
+    "resolve_device",
+    "seeded_model",
+    "train_to_fixed_point",
+]

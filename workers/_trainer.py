@@ -1,0 +1,337 @@
+"""Training one candidate to a fixed point. Imports neither Ray nor MLflow.
+
+The fixed point of training is judged every epoch by two residuals:
+
+* the loss residual: the relative improvement of the best validation loss over the last ``patience``
+  epochs, ``(best before the window - best in the window) / best before the window``;
+* the update residual: the relative weight update of the epoch, ``||θ_t - θ_{t-1}|| / ||θ_{t-1}||``
+  (Scellier & Bengio's dlogW).
+
+With a constant step the update never vanishes (Adam's steps have a size of about ``lr`` whatever the
+gradient), so a validation plateau alone cannot tell a fixed point from noise. The rule is therefore
+"reduce on plateau, stop at a fixed point": when the loss residual falls below ``loss_tol`` and the update
+residual is still above ``update_tol``, the learning rate is multiplied by ``lr_factor`` and the plateau
+window starts again; when both residuals are below their tolerances, the run has reached a fixed point
+and stops. ``max_epochs`` caps every run (then ``fixed_point_reached`` is false). The weights returned
+are those of the best validation loss, and E_CNN is that loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Generator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_spaces import Architecture, build_model
+
+__all__ = [
+    "TrainConfig",
+    "TrainData",
+    "TrialResult",
+    "TrainingDiverged",
+    "train_to_fixed_point",
+    "fit",
+    "fit_steps",
+    "seeded_model",
+    "evaluate",
+    "resolve_device",
+]
+
+Report = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a candidate is trained (the ``train:`` section of a config)."""
+
+    optimizer: str = "adam"
+    lr: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 60
+    patience: int = 3
+    loss_tol: float = 0.01
+    update_tol: float = 0.01
+    lr_factor: float = 0.3
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.optimizer in ("adam", "sgd"), "optimizer", f"must be one of ['adam', 'sgd'], but got {self.optimizer!r}"),
+            (self.device in ("auto", "cpu", "cuda"), "device", f"must be one of ['auto', 'cpu', 'cuda'], but got {self.device!r}"),
+            (self.lr > 0, "lr", f"must be positive, but got {self.lr}"),
+            (0 <= self.momentum < 1, "momentum", f"must be in [0, 1), but got {self.momentum}"),
+            (self.weight_decay >= 0, "weight_decay", f"must be >= 0, but got {self.weight_decay}"),
+            (self.batch_size >= 1, "batch_size", f"must be at least 1, but got {self.batch_size}"),
+            (self.max_epochs >= 1, "max_epochs", f"must be at least 1, but got {self.max_epochs}"),
+            (self.patience >= 1, "patience", f"must be at least 1, but got {self.patience}"),
+            (self.loss_tol >= 0, "loss_tol", f"must be >= 0, but got {self.loss_tol}"),
+            (self.update_tol >= 0, "update_tol", f"must be >= 0, but got {self.update_tol}"),
+            (0 < self.lr_factor < 1, "lr_factor", f"must be in (0, 1), but got {self.lr_factor}"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ValueError(f"train.{key} {message}")
+
+
+class TrainData(Protocol):
+    """What the trainer reads of a dataset: train and validation splits (never the test split)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_classes: int
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial fails with reason ``diverged``."""
+
+    def __init__(self, message: str, epoch: int = 0) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+    @classmethod
+    def at(cls, epoch: int, what: str, value: float) -> "TrainingDiverged":
+        return cls(f"diverged: {what} is {value} at epoch {epoch}", epoch)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions cross process boundaries (Ray) by pickling their constructor arguments.
+        return (type(self), (str(self), self.epoch))
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """The outcome of one training run; E_CNN is ``val_loss``."""
+
+    val_loss: float
+    val_error: float
+    train_loss: float
+    epochs: int
+    best_epoch: int
+    fixed_point_reached: bool
+    loss_residual: float
+    update_residual: float
+    final_lr: float
+    wall_time: float
+    seed: int
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when a GPU is visible to this process, else the CPU.
+
+    Raises:
+        ValueError: if ``cuda`` is asked for and no GPU is visible.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is visible to this worker")
+    return torch.device(name)
+
+
+def _param_vector(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]) if any(
+        True for _ in model.parameters()) else torch.zeros(1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy and error rate of `model` on (x, y), in eval mode.
+
+    Returns:
+        (loss, error) with error the fraction of misclassified samples.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, wrong = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        total_loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        wrong += int((logits.argmax(dim=1) != target).sum())
+    model.train(was_training)
+    return total_loss / len(y), wrong / len(y)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _loss_residual(val_losses: list[float], window_start: int, patience: int) -> float:
+    """Relative improvement of the best validation loss over the last `patience` epochs (inf until known)."""
+    if len(val_losses) - window_start <= patience:
+        return math.inf
+    before = min(val_losses[:-patience])
+    recent = min(val_losses[-patience:])
+    return (before - recent) / max(abs(before), 1e-12)
+
+
+def train_to_fixed_point(
+    arch: Architecture,
+    data: TrainData,
+    cfg: TrainConfig,
+    report: Report | None = None,
+    *,
+    seed: int = 0,
+) -> TrialResult:
+    """Build `arch` for the data and train it to a fixed point of training (see the module docstring).
+
+    Deterministic: the same arch, data, config and seed give the same numbers on the same machine.
+
+    Args:
+        arch: the architecture to train.
+        data: train and validation splits (the test split is never read here).
+        cfg: training settings.
+        report: called as ``report(epoch, metrics)`` after every epoch (1-based epochs).
+        seed: the trial's seed (derived from the study seed and the trial number by the caller).
+
+    Returns:
+        The `TrialResult`; E_CNN is its ``val_loss``.
+
+    Raises:
+        TrainingDiverged: when a training or validation loss becomes NaN or infinite.
+        InfeasibleArchitecture: when `arch` cannot be built for the data's shape.
+    """
+    result, _ = fit(seeded_model(arch, data, seed), data, cfg, report, seed=seed)
+    return result
+
+
+def seeded_model(arch: Architecture, data: TrainData, seed: int) -> nn.Module:
+    """Build `arch` for `data` with its initial weights drawn from `seed`."""
+    torch.manual_seed(seed)
+    return build_model(arch, tuple(data.x_train.shape[1:]), int(data.num_classes))
+
+
+def fit(
+    model: nn.Module,
+    data: TrainData,
+    cfg: TrainConfig,
+    report: Report | None = None,
+    *,
+    seed: int = 0,
+) -> tuple[TrialResult, nn.Module]:
+    """Train `model` until a fixed point of training (see the module docstring) or ``cfg.max_epochs``.
+
+    The caller builds the model after seeding (see `seeded_model`) so that the same trial gives
+    the same numbers; this function seeds the batch order from `seed` too.
+
+    Args:
+        model: a freshly initialised network.
+        data: train and validation splits (the test split is never read here).
+        cfg: training settings.
+        report: called as ``report(epoch, metrics)`` after every epoch (1-based epochs).
+        seed: the trial's seed.
+
+    Returns:
+        The `TrialResult` and the model holding the weights of the best validation loss.
+
+    Raises:
+        TrainingDiverged: when a training or validation loss becomes NaN or infinite.
+    """
+    steps = fit_steps(model, data, cfg, seed=seed)
+    while True:
+        try:
+            epoch, metrics = next(steps)
+        except StopIteration as done:
+            return done.value
+        if report is not None:
+            report(epoch, metrics)
+
+
+def fit_steps(
+    model: nn.Module, data: TrainData, cfg: TrainConfig, *, seed: int = 0
+) -> Generator[tuple[int, dict[str, float]], None, tuple[TrialResult, nn.Module]]:
+    """`fit` as a generator: yields ``(epoch, metrics)`` after every epoch and returns ``(result, model)``.
+
+    A generator lets a caller (the Ray adapter) stream the reports and stop the run between epochs
+    without threads.
+    """
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model = model.to(device)
+    x_train = torch.as_tensor(data.x_train, device=device)
+    y_train = torch.as_tensor(data.y_train, device=device)
+    x_val = torch.as_tensor(data.x_val, device=device)
+    y_val = torch.as_tensor(data.y_val, device=device)
+    order_rng = np.random.default_rng(seed)
+    optimizer = _optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss()
+
+    val_losses: list[float] = []
+    history: list[dict[str, float]] = []
+    best_loss, best_error, best_epoch = math.inf, 1.0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    window_start = 0
+    lr = cfg.lr
+    loss_residual = update_residual = math.inf
+    fixed_point = False
+    train_loss = math.nan
+    epoch = 0
+    n = len(y_train)
+    for epoch in range(1, cfg.max_epochs + 1):
+        before = _param_vector(model).clone()
+        model.train()
+        order = torch.as_tensor(order_rng.permutation(n), device=device)
+        running, seen = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        train_loss = running / seen
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged.at(epoch, "the training loss", train_loss)
+        val_loss, val_error = evaluate(model, x_val, y_val)
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged.at(epoch, "the validation loss", val_loss)
+        after = _param_vector(model)
+        update_residual = float(torch.linalg.vector_norm(after - before) / torch.linalg.vector_norm(before).clamp_min(1e-12))
+        val_losses.append(val_loss)
+        if val_loss < best_loss:
+            best_loss, best_error, best_epoch = val_loss, val_error, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        loss_residual = _loss_residual(val_losses, window_start, cfg.patience)
+        metrics = {
+            "train_loss": train_loss, "val_loss": val_loss, "val_error": val_error, "lr": lr,
+            "loss_residual": loss_residual if math.isfinite(loss_residual) else math.nan,
+            "update_residual": update_residual,
+        }
+        history.append({"epoch": epoch, **metrics})
+        yield epoch, metrics
+        if loss_residual < cfg.loss_tol:
+            if update_residual < cfg.update_tol:
+                fixed_point = True
+                break
+            # A plateau while the weights still move by more than update_tol: shrink the step and look again.
+            lr *= cfg.lr_factor
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            window_start = len(val_losses)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result = TrialResult(
+        val_loss=best_loss, val_error=best_error, train_loss=train_loss, epochs=epoch, best_epoch=best_epoch,
+        fixed_point_reached=fixed_point,
+        loss_residual=loss_residual if math.isfinite(loss_residual) else math.nan,
+        update_residual=update_residual, final_lr=lr, wall_time=time.perf_counter() - started, seed=seed,
+        device=str(device), history=history,
+    )
+    return result, model
