@@ -64,6 +64,17 @@ class SearchOutcome:
     wall_time: float
     parent_run_id: str | None
     hypervolume_history: list[tuple[int, float]] = field(default_factory=list)
+    loop_time: float = 0.0  # seconds of the ask/train/tell loop, without start-up and the final report
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs trained in this search's trials (duplicates reuse a result and train none)."""
+        return sum(r.epochs for r in self.records.values() if r.dispatched_at)
+
+    @property
+    def train_time(self) -> float:
+        """Seconds the trainer itself ran, summed over the trials that completed."""
+        return sum(r.train_wall_time for r in self.records.values())
 
     def count(self, state: str) -> int:
         return sum(1 for r in self.records.values() if r.state == state)
@@ -92,6 +103,7 @@ class _Search:
         self.hv_history: list[tuple[int, float]] = []
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
+        self.loop_time = 0.0
         self.study.set_user_attr("reference_point", list(self.search.reference_point))
         self.study.set_user_attr("mode", self.search.mode)
         self._load_finished()
@@ -134,6 +146,13 @@ class _Search:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> None:
+        loop_started = time.perf_counter()
+        try:
+            self._loop()
+        finally:
+            self.loop_time = time.perf_counter() - loop_started
+
+    def _loop(self) -> None:
         data_ref = self.executor.put(self.dataset.without_test())
         while self.finished < self.search.n_trials or self.live:
             while len(self.live) < self.executor.parallelism and self.finished + len(self.live) < self.search.n_trials:
@@ -459,7 +478,7 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
             study_name=config.study_name, records=search.records, points=search.points, front=search.front,
             hypervolume=search.hypervolume(), best_f=search.best_f, final_test=final,
             wall_time=time.perf_counter() - started, parent_run_id=tracker.run_id(PARENT),
-            hypervolume_history=search.hv_history)
+            hypervolume_history=search.hv_history, loop_time=search.loop_time)
     finally:
         tracker.close(timeout=120)
         if own_executor:
