@@ -127,3 +127,33 @@ def test_infeasible_and_diverging_trials_are_recorded_and_the_search_goes_on(sto
     for child in children:
         assert child.info.status == "FAILED"
         assert child.data.tags[TAG_REASON].startswith(("infeasible", "diverged"))
+
+
+def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor):
+    config = tiny_config(stores, name="pareto", search={"mode": "pareto", "sampler": "nsga2", "n_trials": 4,
+                                                        "n_startup_trials": 4, "final_seeds": 0,
+                                                        "storage": stores["storage"]})
+    outcome = run_search(config, executor=ray_executor)
+    study = optuna.load_study(study_name="pareto", storage=stores["storage"])
+    assert len(study.directions) == 2
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) + outcome.count("FAIL") == 4  # nothing pruned in pareto mode
+    for t in complete:
+        # the two objectives are (E_comp, validation error)
+        assert t.values == [t.user_attrs["E_comp"], t.user_attrs["val_error"]]
+    # the service's front equals Optuna's own Pareto set on the same trials (up to duplicate points)
+    optuna_front = {tuple(t.values) for t in study.best_trials}
+    assert {(p.macs, p.val_error) for p in outcome.front} == optuna_front
+
+
+def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores, ray_executor):
+    config = tiny_config(stores, name="again", search={"n_trials": 3, "n_startup_trials": 3, "final_seeds": 1,
+                                                       "storage": stores["storage"]})
+    first = run_search(config, executor=ray_executor)
+    second = run_search(config, executor=ray_executor)
+    study = optuna.load_study(study_name="again", storage=stores["storage"])
+    assert len(study.trials) == 3  # the budget is of the study, not of one driver
+    assert second.parent_run_id == first.parent_run_id  # the same parent run continues
+    assert second.final_test == first.final_test  # test results are not recomputed (the test split is read once)
+    _, parents, children = _runs(stores["tracking"], "again")
+    assert len(parents) == 1 and len(children) == 3
