@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     front.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     front.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    sync = sub.add_parser("sync", help="rebuild a study's MLflow runs from its Optuna storage (idempotent)")
+    sync.add_argument("config", help="the search's YAML config (its storage, study and tracking store)")
+    sync.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the configured store")
     ui.add_argument("--config", help="a config whose tracking store to serve")
     ui.add_argument("--backend-store-uri", help="tracking store (default sqlite:///runs/mlflow.db)")
@@ -124,6 +128,31 @@ def _cmd_front(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nas.config import load_config
+    from nas.lock import StudyLock
+    from nas.study import storage_url
+    from nas.sync import sync_study
+    from nas.tracking import client_for, experiment_id
+
+    config = load_config(args.config, args.overrides)
+    url = storage_url(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=config.study_name, storage=url)
+    except KeyError:
+        raise GeonasError(f"no study named {config.study_name!r} in the storage of {args.config}") from None
+    # A live driver writes the same runs: syncing beside it could create a run twice.
+    with StudyLock(url, config.study_name):
+        client = client_for(config.tracking.uri)
+        report = sync_study(study, client, experiment_id(client, config.experiment_name,
+                                                         config.tracking.artifact_location))
+    print(f"study {config.study_name}: {report}")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from nas.config import load_config
 
@@ -147,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nas` console script; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    commands = {"search": _cmd_search, "front": _cmd_front, "ui": _cmd_ui}
+    commands = {"search": _cmd_search, "front": _cmd_front, "sync": _cmd_sync, "ui": _cmd_ui}
     try:
         return commands[args.command](args)
     except GeonasError as exc:

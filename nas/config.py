@@ -57,12 +57,23 @@ def _choice(value: str, options: tuple[str, ...], path: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset, and how it is split (stratified, from the config seed)."""
+    """Which dataset, how it is split (stratified, from the config seed), and how its inputs are permuted.
+
+    ``permute`` cuts every input into blocks of ``permute_block`` positions (1-D) or
+    ``permute_block`` x ``permute_block`` pixels (2-D) and reorders the blocks: "fixed" by one
+    permutation for every sample (with block 1 on MNIST-1D: the published "spatially shuffled"
+    variant, like the mnist1d package's ``shuffle_seq``), "per_sample" by a fresh permutation for
+    each sample (the seed paper's block-permuted images, section III-A). The permutations are drawn
+    from ``permute_seed``, independently of the split, so the splits hold the same samples.
+    """
 
     dataset: str = "digits"
     path: str | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    permute: str = "none"
+    permute_block: int = 1
+    permute_seed: int = 0
 
     def __post_init__(self) -> None:
         _choice(self.dataset, DATASETS, "data.dataset")
@@ -71,6 +82,12 @@ class DataConfig:
         _check(0 < self.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), but got {self.test_fraction}")
         total = self.val_fraction + self.test_fraction
         _check(total < 1, "data.val_fraction", f"+ data.test_fraction must be below 1, but got {total}")
+        _choice(self.permute, ("none", "fixed", "per_sample"), "data.permute")
+        _check(self.permute_block >= 1, "data.permute_block", f"must be at least 1, but got {self.permute_block}")
+        _check(self.permute != "none" or self.permute_block == 1, "data.permute_block",
+               f"has no effect while data.permute is 'none' (got {self.permute_block}); set data.permute to "
+               "'fixed' or 'per_sample'")
+        _check(self.permute_seed >= 0, "data.permute_seed", f"must be >= 0, but got {self.permute_seed}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,10 @@ class TrackingConfig:
     uri: str = "sqlite:///runs/mlflow.db"
     artifact_location: str = "runs/artifacts"
     experiment: str | None = None
+    flush_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check(self.flush_timeout >= 0, "tracking.flush_timeout", f"must be >= 0, but got {self.flush_timeout}")
 
 
 @dataclass(frozen=True)

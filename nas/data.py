@@ -3,6 +3,9 @@
 Splits are deterministic and stratified from the config seed. MNIST-1D keeps its official test split
 (1,000 samples); the others hold out ``test_fraction``. Search decisions read the validation split only;
 the test split is read once per front member in the final report.
+
+``data.permute`` reorders blocks of every input (`permute_blocks`) before the split: the locality
+experiment's spatially shuffled MNIST-1D and block-permuted digits.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from nas.config import DataConfig
 from nas.errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "validate_arrays", "fingerprint"]
+__all__ = ["Dataset", "load_dataset", "validate_arrays", "fingerprint", "permute_blocks", "block_permutation"]
 
 
 @dataclass(frozen=True)
@@ -158,18 +161,121 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{file}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
+def _block_grid(shape: tuple[int, ...], block: int, source: str) -> tuple[int, ...]:
+    """Blocks along each spatial axis of per-sample `shape` (C, L) or (C, H, W)."""
+    spatial = shape[1:]
+    if any(size % block for size in spatial):
+        size = "x".join(str(s) for s in spatial)
+        raise DataError(f"data.permute_block {block} does not divide the input size {size} of {source}; "
+                        f"choose a divisor of every spatial size")
+    return tuple(size // block for size in spatial)
+
+
+def _to_blocks(x: np.ndarray, block: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(N, C, *spatial) -> (N, C, B, block**d) with the B blocks in row-major order, and the grid."""
+    n, c, *spatial = x.shape
+    grid = tuple(size // block for size in spatial)
+    if len(spatial) == 1:
+        return x.reshape(n, c, grid[0], block), grid
+    # (N, C, gh, b, gw, b) -> (N, C, gh, gw, b, b): each block's pixels together
+    tiles = x.reshape(n, c, grid[0], block, grid[1], block).transpose(0, 1, 2, 4, 3, 5)
+    return tiles.reshape(n, c, grid[0] * grid[1], block * block), grid
+
+
+def _from_blocks(tiles: np.ndarray, grid: tuple[int, ...], block: int) -> np.ndarray:
+    n, c = tiles.shape[:2]
+    if len(grid) == 1:
+        return tiles.reshape(n, c, grid[0] * block)
+    images = tiles.reshape(n, c, grid[0], grid[1], block, block).transpose(0, 1, 2, 4, 3, 5)
+    return images.reshape(n, c, grid[0] * block, grid[1] * block)
+
+
+def block_permutation(blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """One permutation of `blocks` indices drawn from `rng`, redrawn while it is the identity (blocks > 1).
+
+    A "fixed" permutation that happened to be the identity (1 in 24 for 4 blocks) would leave the task
+    unpermuted and the experiment void.
+    """
+    identity = np.arange(blocks)
+    permutation = rng.permutation(blocks)
+    while blocks > 1 and np.array_equal(permutation, identity):
+        permutation = rng.permutation(blocks)
+    return permutation
+
+
+def permute_blocks(x: np.ndarray, block: int, permutation: np.ndarray | None = None,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+    """Cut every input into blocks and reorder them.
+
+    Args:
+        x: inputs shaped (N, C, L) or (N, C, H, W).
+        block: block length (1-D) or side (2-D); it must divide every spatial size.
+        permutation: one order of the blocks for every sample (``new[i] = old[permutation[i]]``,
+            blocks numbered row-major); or None with `rng` for a fresh permutation per sample.
+        rng: the source of the per-sample permutations (when `permutation` is None).
+
+    Returns:
+        A new array of the same shape and dtype; channels move together.
+
+    Raises:
+        DataError: if `block` does not divide a spatial size.
+        ValueError: if neither or both of `permutation` and `rng` are given, or `permutation` does not
+            fit the number of blocks.
+    """
+    if (permutation is None) == (rng is None):
+        raise ValueError("permute_blocks needs exactly one of permutation (fixed) and rng (per sample)")
+    _block_grid(tuple(x.shape[1:]), block, "the data")
+    tiles, grid = _to_blocks(np.ascontiguousarray(x), block)
+    count = tiles.shape[2]
+    if permutation is not None:
+        permutation = np.asarray(permutation)
+        if sorted(permutation.tolist()) != list(range(count)):
+            raise ValueError(f"permutation must reorder the {count} blocks, but got {permutation.tolist()}")
+        out = tiles[:, :, permutation]
+    else:
+        assert rng is not None
+        # argsort of uniform keys: an independent uniform permutation per sample
+        orders = np.argsort(rng.random((len(x), count)), axis=1)
+        out = np.take_along_axis(tiles, orders[:, None, :, None], axis=2)
+    return np.ascontiguousarray(_from_blocks(out, grid, block))
+
+
+def _permute(cfg: DataConfig, arrays: list[np.ndarray], source: str) -> list[np.ndarray]:
+    """Apply ``cfg.permute`` to every array (the same fixed order, or one per-sample stream)."""
+    if cfg.permute == "none":
+        return arrays
+    grid = _block_grid(tuple(arrays[0].shape[1:]), cfg.permute_block, source)
+    rng = np.random.default_rng(cfg.permute_seed)
+    if cfg.permute == "fixed":
+        permutation = block_permutation(int(np.prod(grid)), rng)
+        return [permute_blocks(a, cfg.permute_block, permutation=permutation) for a in arrays]
+    return [permute_blocks(a, cfg.permute_block, rng=rng) for a in arrays]
+
+
+def _name(cfg: DataConfig) -> str:
+    name = cfg.dataset if cfg.dataset != "npz" else Path(cfg.path or "npz").stem
+    if cfg.permute != "none":
+        name += f"[permute={cfg.permute},block={cfg.permute_block},seed={cfg.permute_seed}]"
+    return name
+
+
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """Load and split a dataset deterministically from `seed`.
 
+    Inputs are permuted (``cfg.permute``) before the split, from ``cfg.permute_seed`` alone: the splits
+    hold the same samples whatever the permutation.
+
     Raises:
         DataError: if the data cannot be used (missing file or arrays, wrong dtypes or shapes, NaN values,
-            a single class, or a split too small to hold every class).
+            a single class, a split too small to hold every class, or a permute_block that does not divide
+            the input size).
     """
     rng = np.random.default_rng(seed)
     if cfg.dataset == "mnist1d":
         x, y, x_test, y_test = _load_mnist1d()
         x, y, num_classes = validate_arrays(x, y, "mnist1d")
         x_test, y_test, _ = validate_arrays(x_test, y_test, "mnist1d test split")
+        x, x_test = _permute(cfg, [x, x_test], "mnist1d")
         keep, val = _stratified_split(y, cfg.val_fraction, rng)
         x_train, y_train, x_val, y_val = x[keep], y[keep], x[val], y[val]
     else:
@@ -181,6 +287,7 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
             x, y = _load_npz(cfg.path)
             source = cfg.path
         x, y, num_classes = validate_arrays(x, y, source)
+        (x,) = _permute(cfg, [x], source)
         rest, test = _stratified_split(y, cfg.test_fraction, rng)
         # val_fraction is of the whole dataset, so rescale it to the remainder.
         val_share = cfg.val_fraction / (1.0 - cfg.test_fraction)
@@ -193,7 +300,7 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
                             f"for val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}")
     x_train, x_val, x_test = _standardize(x_train, x_val, x_test)
     return Dataset(
-        name=cfg.dataset if cfg.dataset != "npz" else Path(cfg.path or "npz").stem,
+        name=_name(cfg),
         x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
         num_classes=num_classes,
         fingerprint=fingerprint(x_train, y_train, x_val, y_val, x_test, y_test),

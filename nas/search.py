@@ -8,6 +8,7 @@ per-epoch reports -> tell -> track -> front and hypervolume.
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import statistics
@@ -22,7 +23,8 @@ from optuna.trial import TrialState
 from nas.config import Config, config_to_dict, flatten, mask_secrets
 from nas.data import Dataset, load_dataset
 from nas.energy import FrontPoint, bound_excludes, complexity_term, energy, hypervolume, pareto_front
-from nas.study import ATTR, FINISHED_STATES, derive_seed, front_points, open_study
+from nas.lock import StudyLock
+from nas.study import ATTR, FINISHED_STATES, derive_seed, front_points, open_study, storage_url
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
 from search_spaces import Architecture, InfeasibleArchitecture, get_space, layer_costs, total_macs, total_params
 from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
@@ -30,6 +32,7 @@ from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
 __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 
 FRONT_REFRESH_SECONDS = 5.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,14 +107,44 @@ class _Search:
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
         self.loop_time = 0.0
-        self.study.set_user_attr("reference_point", list(self.search.reference_point))
-        self.study.set_user_attr("mode", self.search.mode)
+        self.resumed = bool(self.study.get_trials(deepcopy=False))
+        self.requeued = self._requeue_stale_trials()
+        self._store_study_attrs()
         self._load_finished()
 
     # -- state from the storage (a rerun of the same config resumes the study) ------------------------------
+    def _store_study_attrs(self) -> None:
+        """What `nas sync` and `nas front` need to rebuild the search's records from the storage alone."""
+        resolved = config_to_dict(self.config)
+        resolved["search"]["storage"] = mask_secrets(self.config.search.storage)
+        wanted = {"reference_point": list(self.search.reference_point), "mode": self.search.mode,
+                  "config_name": self.config.name, "space": self.config.space.get("name"), "dataset": self.dataset.name,
+                  "input_shape": list(self.dataset.input_shape), "num_classes": self.dataset.num_classes,
+                  "data_fingerprint": self.dataset.fingerprint, "config_yaml": _yaml(resolved),
+                  "config_params": {k: mask_secrets(str(v)) for k, v in flatten(resolved).items()}}
+        current = self.study.user_attrs
+        for key, value in wanted.items():
+            if current.get(key) != value:
+                self.study.set_user_attr(key, value)
+
+    def _requeue_stale_trials(self) -> list[int]:
+        """Trials left RUNNING by a driver that died: mark them failed and enqueue their architectures again.
+
+        This driver holds the study's lock, so no live driver owns them.
+        """
+        stale = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study._storage.set_trial_user_attr(t._trial_id, ATTR.REASON, "driver died: requeued")
+            self.study._storage.set_trial_user_attr(t._trial_id, ATTR.REQUEUED, True)
+            self.study.tell(t.number, state=TrialState.FAIL)
+            if t.params:
+                self.study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+            stale.append(t.number)
+        return stale
+
     def _load_finished(self) -> None:
         for t in self.study.get_trials(deepcopy=False):
-            if t.state not in FINISHED_STATES:
+            if t.state not in FINISHED_STATES or t.user_attrs.get(ATTR.REQUEUED):
                 continue
             a = t.user_attrs
             record = TrialRecord(t.number, state=t.state.name, arch_id=str(a.get(ATTR.ARCH_ID, "")),
@@ -225,15 +258,22 @@ class _Search:
             self._finish_pruned(trial, f"pruner: F = {f_epoch:.4g} at epoch {epoch}", epochs=epoch)
 
     # -- endings ------------------------------------------------------------------------------------------
+    def _history(self, number: int) -> list[dict[str, float]]:
+        """Per-epoch metrics reported so far (kept in the storage; NaN, unknown residuals, as None)."""
+        return [{"epoch": epoch, **{k: (v if math.isfinite(v) else None) for k, v in m.items()}}
+                for epoch, m in enumerate(self.reports.get(number, []), start=1)]
+
     def _finish_complete(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         record = self.records[trial.number]
         e_cnn, val_error = float(result["val_loss"]), float(result["val_error"])
         f = energy(e_cnn, record.e_comp, self.search.lam, self.search.scale)
         record.epochs = int(result.get("epochs", 0))
         record.train_wall_time = float(result.get("wall_time", 0.0))
+        extra = {k: float(result[k]) for k in ("loss_residual", "update_residual", "final_lr") if k in result}
         attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
                  ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
-                 ATTR.WALL_TIME: record.train_wall_time}
+                 ATTR.WALL_TIME: record.train_wall_time, ATTR.FINAL_EXTRA: extra,
+                 ATTR.HISTORY: self._history(trial.number)}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         values = (f,) if self.search.mode == "scalar" else (float(record.e_comp), val_error)
@@ -246,9 +286,7 @@ class _Search:
         final = {"E_comp": record.e_comp, "E_CNN": e_cnn, "F": f, "val_error": val_error, "epochs": record.epochs,
                  "fixed_point_reached": float(attrs[ATTR.FIXED_POINT]), "params": record.params,
                  "train_wall_time": record.train_wall_time}
-        for key in ("loss_residual", "update_residual", "final_lr"):
-            if key in result:
-                final[key] = float(result[key])
+        final.update(extra)
         self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE"}, step=record.epochs)
         self._after_trial(trial.number)
 
@@ -256,6 +294,7 @@ class _Search:
         record = self.records[trial.number]
         trial.set_user_attr(ATTR.REASON, reason)
         trial.set_user_attr(ATTR.EPOCHS, epochs)
+        trial.set_user_attr(ATTR.HISTORY, self._history(trial.number))
         self.study.tell(trial, state=TrialState.PRUNED)
         record.state, record.reason, record.epochs = "PRUNED", reason, epochs
         self.live.pop(trial.number, None)
@@ -412,14 +451,40 @@ def _machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
-def _find_parent(tracker: Tracker, config: Config) -> str | None:
-    """The parent run of this study from an earlier driver, to continue it on a rerun."""
-    from nas.tracking import experiment_id
+def _open_search_runs(tracker: Tracker, client: Any, search: "_Search", tags: dict[str, Any],
+                      params: dict[str, Any]) -> None:
+    """Find or create the parent run; adopt the child runs of earlier drivers; on resume, repair their records.
 
-    exp = experiment_id(tracker.client, config.experiment_name, config.tracking.artifact_location)
-    runs = tracker.client.search_runs([exp], filter_string=f"tags.`{TAG_STUDY}` = '{config.study_name}' and "
-                                                           f"tags.`{TAG_KIND}` = 'search'", max_results=1)
-    return runs[0].info.run_id if runs else None
+    Runs on the tracking thread, first in its queue, so a tracking server that is down delays it without
+    stopping the search.
+    """
+    from mlflow.entities import Param, RunTag
+
+    from nas.sync import find_runs, sync_trial
+
+    exp = tracker.experiment_id()
+    name = search.config.study_name
+    parent_id, children = find_runs(client, exp, name)
+    if parent_id is None:
+        parent_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
+                                      run_name=search.config.name).info.run_id
+        existing: dict[str, str] = {}
+    else:
+        client.update_run(parent_id, status="RUNNING")
+        existing = client.get_run(parent_id).data.params
+        client.log_batch(parent_id, tags=[RunTag("resumed", "true")], synchronous=True)
+    tracker.adopt(PARENT, parent_id)
+    for number, run_id in children.items():
+        tracker.adopt(number, run_id)
+    missing = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    for start in range(0, len(missing), 100):
+        client.log_batch(parent_id, params=missing[start:start + 100], synchronous=True)
+    if search.resumed:
+        # Records an earlier driver left incomplete (it died with writes queued, or the server was down).
+        attrs = search.study.user_attrs
+        for trial in search.study.get_trials(deepcopy=False, states=FINISHED_STATES):
+            sync_trial(client, exp, name, parent_id, trial, children.get(trial.number),
+                       tuple(attrs["input_shape"]), attrs["num_classes"])
 
 
 def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = None,
@@ -440,13 +505,15 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
     """
     started = time.perf_counter()
     dataset = load_dataset(config.data, config.seed)
+    # One driver per study: a second one refuses here, before it touches the study or starts Ray.
+    lock = StudyLock(storage_url(config), config.study_name).acquire()
     tracker = Tracker(config.tracking.uri, config.experiment_name, config.tracking.artifact_location)
     own_executor = executor is None
-    if executor is None:
-        r = config.ray
-        executor = RayExecutor(r.address, r.parallelism, r.cpus_per_trial, r.gpus_per_trial, r.max_retries)
-        executor.start()
     try:
+        if executor is None:
+            r = config.ray
+            executor = RayExecutor(r.address, r.parallelism, r.cpus_per_trial, r.gpus_per_trial, r.max_retries)
+            executor.start()
         search = _Search(config, dataset, executor, tracker, on_progress)
         resolved = config_to_dict(config)
         resolved["search"]["storage"] = mask_secrets(config.search.storage)
@@ -454,8 +521,7 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
                 "space": config.space.get("name"), "mode": config.search.mode,
                 "storage": mask_secrets(config.search.storage), "data_fingerprint": dataset.fingerprint}
         params = {k: mask_secrets(str(v)) for k, v in flatten(resolved).items()}
-        parent_id = _find_parent(tracker, config)
-        tracker.start_run(PARENT, config.name, tags, params, existing_run_id=parent_id)
+        tracker.call("open the search's runs", lambda client, _: _open_search_runs(tracker, client, search, tags, params))
         tracker.log_text(PARENT, _yaml(resolved), "config.yaml")
         tracker.log_dict(PARENT, {"machine": _machine(), "data": {"fingerprint": dataset.fingerprint, **dataset.sizes(),
                                   "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}},
@@ -473,16 +539,20 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
         if hv_steps:
             tracker.log_figure(PARENT, hv_figure, "hypervolume.png")
         tracker.end_run(PARENT, "FINISHED", {"wall_time": time.perf_counter() - started}, step=search.search.n_trials)
-        tracker.flush()
+        if not tracker.flush(timeout=config.tracking.flush_timeout):
+            log.warning("%d MLflow writes are still queued (is the tracking server at %s up?); the Optuna storage "
+                        "keeps every record: run `nas sync CONFIG` to rebuild the MLflow runs", tracker.backlog,
+                        mask_secrets(config.tracking.uri))
         return SearchOutcome(
             study_name=config.study_name, records=search.records, points=search.points, front=search.front,
             hypervolume=search.hypervolume(), best_f=search.best_f, final_test=final,
             wall_time=time.perf_counter() - started, parent_run_id=tracker.run_id(PARENT),
             hypervolume_history=search.hv_history, loop_time=search.loop_time)
     finally:
-        tracker.close(timeout=120)
-        if own_executor:
+        tracker.close(timeout=0 if tracker.backlog else 10)
+        if own_executor and executor is not None:
             executor.shutdown()
+        lock.release()
 
 
 def _yaml(data: dict[str, Any]) -> str:

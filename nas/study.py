@@ -39,6 +39,9 @@ class ATTR:
     REASON = "reason"
     DUPLICATE_OF = "duplicate_of"
     WALL_TIME = "train_wall_time"
+    HISTORY = "history"  # per-epoch metrics, so MLflow can be rebuilt from the storage alone
+    FINAL_EXTRA = "final_extra"  # the trainer's final residuals and step size
+    REQUEUED = "requeued"  # failed because its driver died; its architecture was enqueued again
 
 
 def derive_seed(study_seed: int, trial_number: int, replicate: int = 0) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import tempfile
 import threading
@@ -67,6 +68,10 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
         return found.experiment_id
 
 
+class _NoRun(LookupError):
+    """A write addressed a run that does not exist (its creation failed)."""
+
+
 @dataclass
 class _Op:
     name: str
@@ -92,6 +97,10 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
                  retry_for: float = 600.0) -> None:
+        # MLflow's HTTP client retries a request up to 7 times with long backoff; this queue retries
+        # whole writes itself, so keep single requests short.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
         self.client = client_for(uri)
         self.experiment = experiment
@@ -103,6 +112,7 @@ class Tracker:
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._pending = _Pending()
         self.failed_writes: list[str] = []
+        self._down_since = 0.0
         self._thread = threading.Thread(target=self._work, name="geonas-tracking", daemon=True)
         self._thread.start()
 
@@ -115,13 +125,21 @@ class Tracker:
                 return
             started = time.monotonic()
             delay = 0.5
+            # While the store has been unreachable for longer than retry_for, try each write once only.
+            patience = 0.0 if self._down_since and time.monotonic() - self._down_since > self.retry_for \
+                else self.retry_for
             while True:
                 try:
                     op.fn()
+                    self._down_since = 0.0
+                    break
+                except _NoRun as exc:  # the run's creation was given up: retrying cannot help
+                    self.failed_writes.append(f"MLflow write '{op.name}' skipped: {exc}")
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure of the store: retry, then give up loudly
                     op.attempts += 1
-                    if time.monotonic() - started > self.retry_for:
+                    self._down_since = self._down_since or time.monotonic()
+                    if time.monotonic() - started >= patience:
                         message = f"MLflow write '{op.name}' given up after {op.attempts} attempts: {exc}"
                         log.warning(message)
                         self.failed_writes.append(message)
@@ -138,13 +156,22 @@ class Tracker:
     def _run_id(self, key: Hashable) -> str:
         with self._lock:
             if key not in self._run_ids:
-                raise RuntimeError(f"no MLflow run for {key!r}")
+                raise _NoRun(f"no MLflow run for {key!r}")
             return self._run_ids[key]
+
+    def adopt(self, key: Hashable, run_id: str) -> None:
+        """Address an existing run (from an earlier driver) by `key`."""
+        with self._lock:
+            self._run_ids.setdefault(key, run_id)
 
     def run_id(self, key: Hashable) -> str | None:
         """The MLflow run id of `key` once its run exists (None before the queue reached it)."""
         with self._lock:
             return self._run_ids.get(key)
+
+    def experiment_id(self) -> str:
+        """The experiment's id, created on first use (call from a queued write, or when the store is up)."""
+        return self._exp()
 
     def _exp(self) -> str:
         if self._experiment_id is None:

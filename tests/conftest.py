@@ -9,11 +9,32 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Keep the simulated multi-node cluster on the loopback interface: without this, Ray turns the address
+# 127.0.0.1 into the machine's outward IP, where the head node (bound to 127.0.0.1) does not listen.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_executor():
-    """A started RayExecutor on a local Ray with 2 CPUs, shared by every test of the session."""
+def ray_cluster():
+    """A real Ray cluster on this machine (head node with 2 CPUs, on 127.0.0.1), started once per session.
+
+    Tests add and remove worker nodes (`cluster.add_node`, `cluster.remove_node`) to simulate a multi-node
+    cluster; drivers in subprocesses join it through its address.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_executor(ray_cluster):
+    """A started RayExecutor on the session's cluster, 2 trials at once, shared by every test."""
     from workers.ray_adapter import RayExecutor
 
     executor = RayExecutor(parallelism=2, cpus_per_trial=1)

@@ -1,0 +1,284 @@
+"""Rebuild the MLflow runs of a study from its Optuna storage, idempotently.
+
+The Optuna storage is the single source of truth: every trial keeps its architecture, curve, per-epoch
+history, results and failure reason as user attributes. MLflow is a view of it. When tracking writes
+were lost (a tracking server down for longer than the driver retried, a driver killed with writes still
+queued), `sync_study` finds or creates the parent run and one child run per trial and writes only what
+is missing or different, so running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.energy import FrontPoint, hypervolume, pareto_front
+from nas.study import ATTR, front_points
+from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL
+
+__all__ = ["sync_study", "find_runs", "run_status", "SyncReport"]
+
+STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED",
+          TrialState.RUNNING: "RUNNING", TrialState.WAITING: "SCHEDULED"}
+EPOCH_METRICS = ("train_loss", "val_loss", "val_error", "lr", "loss_residual", "update_residual")
+
+
+def run_status(trial: FrozenTrial) -> str:
+    """The MLflow status of a trial's run: FINISHED, KILLED (pruned, or its driver died) or FAILED."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(ATTR.REQUEUED):
+        return "KILLED"
+    return STATUS[trial.state]
+
+
+def find_runs(client: MlflowClient, experiment_id: str, study_name: str) -> tuple[str | None, dict[int, str]]:
+    """(parent run id, {trial number: child run id}) of a study, from the runs' tags."""
+    parent: str | None = None
+    children: dict[int, str] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{study_name}'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if tags.get(TAG_KIND) == "search":
+                parent = parent or run.info.run_id
+            elif tags.get(TAG_KIND) == "trial" and TAG_TRIAL in tags:
+                children.setdefault(int(tags[TAG_TRIAL]), run.info.run_id)
+        token = page.token
+        if not token:
+            return parent, children
+
+
+def trial_tags(study_name: str, trial: FrozenTrial) -> dict[str, str]:
+    a = trial.user_attrs
+    tags = {TAG_KIND: "trial", TAG_STUDY: study_name, TAG_TRIAL: str(trial.number), TAG_STATE: trial.state.name}
+    if ATTR.ARCH_ID in a:
+        tags[TAG_ARCH] = str(a[ATTR.ARCH_ID])
+    if ATTR.SUMMARY in a:
+        tags["summary"] = str(a[ATTR.SUMMARY])
+    if a.get(ATTR.REASON):
+        tags[TAG_REASON] = str(a[ATTR.REASON])
+    if ATTR.DUPLICATE_OF in a:
+        tags["duplicate_of"] = str(a[ATTR.DUPLICATE_OF])
+    return tags
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, str]:
+    from search_spaces import Architecture
+
+    a = trial.user_attrs
+    params: dict[str, str] = {"trial_number": str(trial.number)}
+    if ATTR.SEED in a:
+        params["seed"] = str(a[ATTR.SEED])
+    if ATTR.ARCH in a:
+        arch = Architecture.from_dict(a[ATTR.ARCH])
+        params.update({f"arch.{k}": str(v) for k, v in arch.flat_params().items()})
+    return params
+
+
+def final_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """The final metrics of a trial's run, as the driver logs them."""
+    a = trial.user_attrs
+    metrics: dict[str, float] = {}
+    names = {ATTR.E_COMP: "E_comp", ATTR.E_CNN: "E_CNN", ATTR.F: "F", ATTR.VAL_ERROR: "val_error",
+             ATTR.EPOCHS: "epochs", ATTR.FIXED_POINT: "fixed_point_reached", ATTR.PARAMS: "params",
+             ATTR.WALL_TIME: "train_wall_time"}
+    for attr, name in names.items():
+        if attr in a and a[attr] is not None:
+            metrics[name] = float(a[attr])
+    for name, value in (a.get(ATTR.FINAL_EXTRA) or {}).items():
+        metrics[name] = float(value)
+    return metrics
+
+
+class SyncReport:
+    """What one sync wrote."""
+
+    def __init__(self) -> None:
+        self.created: list[int] = []
+        self.updated: list[int] = []
+        self.parent_created = False
+
+    def __str__(self) -> str:
+        return (f"{len(self.created)} child runs created, {len(self.updated)} updated"
+                f"{', parent run created' if self.parent_created else ''}")
+
+
+def _missing_metrics(client: MlflowClient, run_id: str, existing: dict[str, float], name: str,
+                     points: list[tuple[int, float]]) -> list[Metric]:
+    """Points of metric `name` not yet in the run (compared by step)."""
+    if not points:
+        return []
+    if name in existing:
+        steps = {m.step for m in client.get_metric_history(run_id, name)}
+    else:
+        steps = set()
+    return [Metric(name, value, 0, step) for step, value in points if step not in steps]
+
+
+def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent_id: str, trial: FrozenTrial,
+               run_id: str | None, input_shape: tuple[int, ...] | None, num_classes: int | None) -> bool:
+    """Make the child run of `trial` match the storage; True if anything was written."""
+    wrote = False
+    tags = trial_tags(study_name, trial)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, tags={**tags, "mlflow.parentRunId": parent_id},
+                                   run_name=f"trial-{trial.number:04d}").info.run_id
+        wrote = True
+    run = client.get_run(run_id)
+    data = run.data
+    params = [Param(k, v) for k, v in trial_params(trial).items() if k not in data.params]
+    new_tags = [RunTag(k, v) for k, v in {**tags, "mlflow.parentRunId": parent_id}.items() if data.tags.get(k) != v]
+    metrics: list[Metric] = []
+    history = trial.user_attrs.get(ATTR.HISTORY) or []
+    for name in EPOCH_METRICS:
+        points = [(int(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
+        metrics += _missing_metrics(client, run_id, data.metrics, name, points)
+    step = int(trial.user_attrs.get(ATTR.EPOCHS, 0) or 0)
+    for name, value in final_metrics(trial).items():
+        if data.metrics.get(name) != value:
+            metrics.append(Metric(name, value, 0, step))
+    for start in range(0, max(len(params), len(new_tags), len(metrics)), 100):
+        chunk = (params[start:start + 100], new_tags[start:start + 100], metrics[start:start + 100])
+        if any(chunk):
+            client.log_batch(run_id, metrics=chunk[2], params=chunk[0], tags=chunk[1], synchronous=True)
+            wrote = True
+    wrote |= _sync_trial_artifacts(client, run_id, trial, input_shape, num_classes)
+    status = run_status(trial)
+    if run.info.status != status and status not in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(run_id, status=status)
+        wrote = True
+    return wrote
+
+
+def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial, input_shape: tuple[int, ...] | None,
+                          num_classes: int | None) -> bool:
+    from search_spaces import Architecture, InfeasibleArchitecture, layer_costs
+
+    arch_dict = trial.user_attrs.get(ATTR.ARCH)
+    if arch_dict is None:
+        return False
+    present = {a.path for a in client.list_artifacts(run_id)}
+    wrote = False
+    arch = Architecture.from_dict(arch_dict)
+    if "architecture.json" not in present:
+        client.log_text(run_id, json.dumps(arch.to_dict(), indent=2, sort_keys=True), "architecture.json")
+        wrote = True
+    if input_shape is None or num_classes is None or (
+            "complexity_profile.json" in present and "complexity_profile.png" in present):
+        return wrote
+    try:
+        costs = layer_costs(arch, input_shape, num_classes)
+    except InfeasibleArchitecture:
+        return wrote
+    if "complexity_profile.json" not in present:
+        client.log_text(run_id, json.dumps(profile_json(arch, costs), indent=2), "complexity_profile.json")
+    if "complexity_profile.png" not in present:
+        from nas.plots import close, profile_figure
+
+        names = [c.name for c in costs if c.kind in ("conv", "linear")]
+        fig = profile_figure(names, [c.macs for c in costs if c.kind in ("conv", "linear")],
+                             f"trial {trial.number}: {arch.summary()}")
+        try:
+            client.log_figure(run_id, fig, "complexity_profile.png")
+        finally:
+            close(fig)
+    return True
+
+
+def profile_json(arch: Any, costs: list[Any]) -> dict[str, Any]:
+    """The complexity profile (the curve) of an architecture as plain data."""
+    from search_spaces import total_macs
+
+    return {"arch_id": arch.arch_id, "E_comp": total_macs(costs),
+            "layers": [{"name": c.name, "kind": c.kind, "output_shape": list(c.output_shape), "macs": c.macs,
+                        "params": c.params} for c in costs]}
+
+
+def hypervolume_history(trials: list[FrozenTrial], reference: tuple[float, float]) -> list[tuple[int, float]]:
+    """Hypervolume of the front after each finished trial, in trial order (what the driver logged live)."""
+    points: list[FrontPoint] = []
+    history = []
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                and not t.user_attrs.get(ATTR.REQUEUED)]
+    by_number = {p.trial_number: p for p in front_points(trials)}
+    for t in sorted(finished, key=lambda t: t.number):
+        if t.number in by_number:
+            points.append(by_number[t.number])
+        history.append((t.number, hypervolume(pareto_front(points), reference)))
+    return history
+
+
+def sync_study(study: optuna.Study, client: MlflowClient, experiment_id: str) -> SyncReport:
+    """Find or create the parent run and every child run of `study`, writing only what is missing.
+
+    Returns:
+        What was created or updated (nothing on a second run).
+    """
+    report = SyncReport()
+    attrs = study.user_attrs
+    name = study.study_name
+    parent_id, children = find_runs(client, experiment_id, name)
+    if parent_id is None:
+        tags = {TAG_KIND: "search", TAG_STUDY: name, "mode": str(attrs.get("mode", "")),
+                "space": str(attrs.get("space", "")), "dataset": str(attrs.get("dataset", ""))}
+        parent_id = client.create_run(experiment_id, tags=tags, run_name=str(attrs.get("config_name", name))).info.run_id
+        report.parent_created = True
+        config_params = attrs.get("config_params") or {}
+        params = [Param(k, str(v)) for k, v in config_params.items()]
+        for start in range(0, len(params), 100):
+            client.log_batch(parent_id, params=params[start:start + 100], synchronous=True)
+        if attrs.get("config_yaml"):
+            client.log_text(parent_id, attrs["config_yaml"], "config.yaml")
+    input_shape = tuple(attrs["input_shape"]) if attrs.get("input_shape") else None
+    num_classes = attrs.get("num_classes")
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            continue
+        existed = trial.number in children
+        if sync_trial(client, experiment_id, name, parent_id, trial, children.get(trial.number), input_shape,
+                      num_classes):
+            (report.updated if existed else report.created).append(trial.number)
+    _sync_parent(client, parent_id, study, trials)
+    return report
+
+
+def _sync_parent(client: MlflowClient, parent_id: str, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    from nas.search import front_json, front_table
+
+    reference = tuple(study.user_attrs.get("reference_point", (1.0e6, 1.0)))
+    run = client.get_run(parent_id)
+    history = hypervolume_history(trials, reference)  # type: ignore[arg-type]
+    metrics = _missing_metrics(client, parent_id, run.data.metrics, "hypervolume",
+                               [(n, v) for n, v in history])
+    if metrics:
+        client.log_batch(parent_id, metrics=metrics, synchronous=True)
+    points = front_points(trials)
+    front = pareto_front(points)
+    final = dict(study.user_attrs.get("final_test", {}))
+    present = {a.path for a in client.list_artifacts(parent_id)}
+    wanted = front_json(front, hypervolume(front, reference), final)  # type: ignore[arg-type]
+    if "front.json" in present:
+        with tempfile.TemporaryDirectory() as tmp:
+            current = json.loads(Path(client.download_artifacts(parent_id, "front.json", tmp)).read_text())
+        stale = current != json.loads(json.dumps(wanted))
+    else:
+        stale = True
+    if stale:
+        client.log_text(parent_id, json.dumps(wanted, indent=2, sort_keys=True), "front.json")
+        client.log_text(parent_id, front_table(front, final), "front_table.md")
+        from nas.plots import close, front_figure
+
+        fig = front_figure(points, front, f"{study.study_name}: {len(points)} trials, {len(front)} on the front")
+        try:
+            client.log_figure(parent_id, fig, "front.png")
+        finally:
+            close(fig)
