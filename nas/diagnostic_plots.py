@@ -139,6 +139,7 @@ def bars_figure(
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2), 4), dpi=100)
     count = max(1, len(series))
     width = 0.8 / count
+    published_labelled = False
     for index, (label, values) in enumerate(series.items()):
         offsets = [g + (index - (count - 1) / 2) * width for g in range(len(groups))]
         ax.bar(offsets, values, width, color=f"C{index}", label=label)
@@ -149,7 +150,8 @@ def bars_figure(
             marks = [(o, r) for o, r in zip(offsets, references[label]) if r is not None]
             if marks:
                 ax.scatter([o for o, _ in marks], [r for _, r in marks], marker="_", s=300, c="k", zorder=3,
-                           label=f"{label}: published" if index == 0 else f"{label}: published")
+                           label=None if published_labelled else "published")
+                published_labelled = True
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)

@@ -986,7 +986,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                                  "digits:fixed:2", "digits:per_sample:2"],
                   "n_trials": 6, "mlp_widths": [32, 64, 128], "mlp_max_layers": 2, "test_seeds": 1, "lam": 0.0,
                   "max_epochs": None},
-        quick={"conditions": ["digits", "digits:fixed:4"], "n_trials": 2, "mlp_widths": [16], "mlp_max_layers": 1,
+        quick={"conditions": ["digits", "digits:fixed:4"], "n_trials": 2, "mlp_widths": [16, 32], "mlp_max_layers": 1,
                "max_epochs": 2},
         body=_locality),
     "depth-sweep": Experiment(

@@ -32,6 +32,7 @@ from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
 __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 
 FRONT_REFRESH_SECONDS = 5.0
+EPOCH_PREFIX = "epoch/"
 log = logging.getLogger(__name__)
 
 
@@ -245,7 +246,8 @@ class _Search:
             self._finish_failed(trial, event.reason or event.kind)
 
     def _on_report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(trial.number, metrics, step=epoch)
+        # Per-epoch curves live under "epoch/" so they never mix with the final metrics of the same name.
+        self.tracker.log_metrics(trial.number, {f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
         self.reports[trial.number].append(metrics)
         if self.search.mode != "scalar":
             return

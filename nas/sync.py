@@ -10,6 +10,7 @@ is missing or different, so running it twice changes nothing.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,11 @@ def final_metrics(trial: FrozenTrial) -> dict[str, float]:
     return metrics
 
 
+def _same(logged: float | None, value: float) -> bool:
+    """Equal, NaN included (an unknown residual is logged as NaN)."""
+    return logged is not None and (logged == value or (math.isnan(logged) and math.isnan(value)))
+
+
 class SyncReport:
     """What one sync wrote."""
 
@@ -140,10 +146,10 @@ def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent
     history = trial.user_attrs.get(ATTR.HISTORY) or []
     for name in EPOCH_METRICS:
         points = [(int(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
-        metrics += _missing_metrics(client, run_id, data.metrics, name, points)
+        metrics += _missing_metrics(client, run_id, data.metrics, f"epoch/{name}", points)
     step = int(trial.user_attrs.get(ATTR.EPOCHS, 0) or 0)
     for name, value in final_metrics(trial).items():
-        if data.metrics.get(name) != value:
+        if not _same(data.metrics.get(name), value):
             metrics.append(Metric(name, value, 0, step))
     for start in range(0, max(len(params), len(new_tags), len(metrics)), 100):
         chunk = (params[start:start + 100], new_tags[start:start + 100], metrics[start:start + 100])

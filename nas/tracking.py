@@ -113,6 +113,7 @@ class Tracker:
         self._pending = _Pending()
         self.failed_writes: list[str] = []
         self._down_since = 0.0
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._work, name="geonas-tracking", daemon=True)
         self._thread.start()
 
@@ -120,9 +121,14 @@ class Tracker:
     def _work(self) -> None:
         while True:
             op = self._queue.get()
-            if op is None:
+            if op is None or self._stopped.is_set():
+                # Stopped with writes still queued: drop them; the Optuna storage keeps every record.
+                if op is not None:
+                    self.failed_writes.append(f"MLflow write '{op.name}' dropped at shutdown")
                 self._queue.task_done()
-                return
+                if op is None:
+                    return
+                continue
             started = time.monotonic()
             delay = 0.5
             # While the store has been unreachable for longer than retry_for, try each write once only.
@@ -146,7 +152,9 @@ class Tracker:
                         break
                     if op.attempts == 1:
                         log.warning("MLflow write '%s' failed (%s); retrying", op.name, exc)
-                    time.sleep(delay)
+                    if self._stopped.wait(delay):
+                        self.failed_writes.append(f"MLflow write '{op.name}' dropped at shutdown")
+                        break
                     delay = min(delay * 2, 15.0)
             self._queue.task_done()
 
@@ -284,9 +292,14 @@ class Tracker:
         return self._queue.unfinished_tasks
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush and stop the writer thread; False if writes were still queued after `timeout`."""
+        """Flush, then stop the writer thread; writes still queued after `timeout` are dropped (False).
+
+        Dropped writes lose nothing: the storage holds every record, and `nas sync` (or the next run of the
+        same search) rebuilds the runs from it.
+        """
         done = self.flush(timeout)
+        if not done:
+            self._stopped.set()
         self._queue.put(None)
-        if done:
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=30)
         return done

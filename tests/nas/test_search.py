@@ -100,7 +100,7 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
             epochs = int(child.data.metrics["epochs"])
             if "duplicate_of" not in child.data.tags:
                 # one val_loss point per epoch trained
-                assert len(client.get_metric_history(child.info.run_id, "val_loss")) == epochs
+                assert len(client.get_metric_history(child.info.run_id, "epoch/val_loss")) == epochs
         else:
             assert child.info.status in ("KILLED", "FAILED") and child.data.tags[TAG_REASON]
 
