@@ -161,7 +161,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     if args.config:
         config = load_config(args.config)
         uri = uri or config.tracking.uri
-        artifacts = config.tracking.artifact_location
+        artifacts = config.tracking.artifact_location or artifacts
     uri = uri or "sqlite:///runs/mlflow.db"
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")) and "://" in uri:
         raise GeonasError(f"{uri} is a tracking server already: open it in a browser instead of `nas ui`")

@@ -132,7 +132,7 @@ class TrackingConfig:
     """Where MLflow writes: a tracking URI (SQLite store or a server) and the artifact location."""
 
     uri: str = "sqlite:///runs/mlflow.db"
-    artifact_location: str = "runs/artifacts"
+    artifact_location: str | None = "runs/artifacts"
     experiment: str | None = None
     flush_timeout: float = 120.0
 
