@@ -61,7 +61,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     def update(search: Any) -> None:
         bar.n = search.finished
         best = "-" if search.best_f is None else f"{search.best_f:.4f}"
-        bar.set_postfix_str(f"best F {best} | front {len(search.front)} | HV {search.hypervolume():.4f}")
+        bar.set_postfix_str(f"best F {best} | front {len(search.front)} | HV {search.hypervolume():.4f}", refresh=False)
         bar.refresh()
 
     return bar, update

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -24,6 +25,8 @@ from nas.config import mask_secrets
 from nas.errors import StudyInUseError
 
 __all__ = ["StudyLock"]
+
+log = logging.getLogger(__name__)
 
 
 def _lock_key(study_name: str) -> int:
@@ -54,7 +57,9 @@ class StudyLock:
             self._acquire_file(Path(self.storage[len("sqlite:///"):]))
         elif self.storage.startswith("postgresql"):
             self._acquire_postgres()
-        # Other storages (MySQL) get no lock: documented, and the driver warns.
+        else:
+            log.warning("no driver lock for %s storage: make sure one driver at a time runs study %r",
+                        self.storage.split(":", 1)[0], self.study_name)
         return self
 
     def _refuse(self, holder: str) -> None:
