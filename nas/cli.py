@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("config", help="the search's YAML config (its storage, study and tracking store)")
     sync.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
+    export = sub.add_parser("export", help="register the best front member within a MACs budget in the MLflow "
+                                           "model registry")
+    export.add_argument("--config", required=True, help="the search's YAML config (tracking store and study)")
+    export.add_argument("--max-macs", type=float, required=True, help="the budget: at most this many MACs per sample")
+    export.add_argument("--name", help="registered model name (default: STUDY-best)")
+
+    reproduce = sub.add_parser("reproduce", help="retrain one trial from its MLflow record and compare")
+    reproduce.add_argument("run_id", help="the MLflow run id of a trial (a child run of a search)")
+    reproduce.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
+    reproduce.add_argument("--strict", action="store_true", help="exit with code 1 when anything differs")
+
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the configured store")
     ui.add_argument("--config", help="a config whose tracking store to serve")
     ui.add_argument("--backend-store-uri", help="tracking store (default sqlite:///runs/mlflow.db)")
@@ -153,6 +164,36 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nas.config import load_config
+    from nas.review import export_best
+
+    config = load_config(args.config)
+    if args.max_macs <= 0:
+        raise GeonasError(f"--max-macs must be positive, but got {args.max_macs}")
+    record = export_best(config.tracking.uri, config.experiment_name, config.study_name, args.max_macs,
+                         args.name or f"{config.study_name}-best")
+    test = "" if record["test_accuracy"] is None else f", test accuracy {100 * record['test_accuracy']:.2f}%"
+    print(f"registered {record['name']} version {record['version']}: trial {record['trial_number']} "
+          f"({record['summary']}), {record['macs']:,.0f} MACs, validation error {100 * record['val_error']:.2f}%{test}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from nas.review import reproduce_trial
+
+    outcome = reproduce_trial(args.tracking_uri or "sqlite:///runs/mlflow.db", args.run_id)
+    for note in outcome.notes:
+        print(f"note: {note}")
+    print(outcome.table(), end="")
+    if outcome.matches:
+        print(f"trial {outcome.trial_number}: reproduced exactly")
+        return 0
+    where = "on the same machine" if outcome.same_machine else "on another machine or torch build"
+    print(f"trial {outcome.trial_number}: DIFFERS from its record ({where})")
+    return 1 if args.strict else 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from nas.config import load_config
 
@@ -176,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nas` console script; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    commands = {"search": _cmd_search, "front": _cmd_front, "sync": _cmd_sync, "ui": _cmd_ui}
+    commands = {"search": _cmd_search, "front": _cmd_front, "sync": _cmd_sync, "export": _cmd_export,
+                "reproduce": _cmd_reproduce, "ui": _cmd_ui}
     try:
         return commands[args.command](args)
     except GeonasError as exc:

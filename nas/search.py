@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,9 +22,11 @@ from nas.config import Config, config_to_dict, flatten, mask_secrets
 from nas.data import Dataset, load_dataset
 from nas.energy import FrontPoint, bound_excludes, complexity_term, energy, hypervolume, pareto_front
 from nas.lock import StudyLock
+from nas.provenance import environment
 from nas.study import ATTR, FINISHED_STATES, derive_seed, front_points, open_study, storage_url
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
-from search_spaces import Architecture, InfeasibleArchitecture, get_space, layer_costs, total_macs, total_params
+from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
+                           total_params)
 from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
 
 __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
@@ -329,7 +329,7 @@ class _Search:
     # -- tracking ---------------------------------------------------------------------------------------
     def _start_child(self, number: int, arch: Architecture, seed: int) -> None:
         params = {f"arch.{k}": v for k, v in arch.flat_params().items()}
-        params.update(seed=seed, trial_number=number)
+        params.update(seed=seed, trial_number=number, torch_threads=self.executor.threads_per_trial)
         tags = {TAG_KIND: "trial", TAG_STUDY: self.config.study_name, TAG_TRIAL: number, TAG_ARCH: arch.arch_id,
                 TAG_STATE: "RUNNING", "summary": arch.summary()}
         self.tracker.start_run(number, f"trial-{number:04d}", tags, params, parent=PARENT)
@@ -384,18 +384,22 @@ class _Search:
             for point in todo:
                 arch_json = Architecture.from_dict(trials[point.trial_number].user_attrs[ATTR.ARCH]).to_json()
                 for k in range(seeds):
+                    # The first retraining also brings its weights back: it is the member's logged model.
                     spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
-                                    evaluate_test=True)
+                                    evaluate_test=True, return_state=(k == 0))
                     self.executor.submit(("final", point.trial_number, k), spec, data_ref)
-            accuracies: dict[int, list[float]] = {p.trial_number: [] for p in todo}
+            results: dict[int, dict[int, float]] = {p.trial_number: {} for p in todo}
             reasons: dict[int, list[str]] = {p.trial_number: [] for p in todo}
             for event in self.executor.wait_all():
-                _, number, _ = event.key
+                _, number, k = event.key
                 if event.kind == "result" and event.payload:
-                    accuracies[number].append(float(event.payload["test_accuracy"]))
+                    results[number][k] = float(event.payload["test_accuracy"])
+                    if "state_dict" in event.payload:
+                        self._log_model(number, trials[number], event.payload, seed_index=k)
                 elif event.kind in ("error", "cancelled"):
                     reasons[number].append(event.reason)
-            for number, values in accuracies.items():
+            for number, by_seed in results.items():
+                values = [by_seed[k] for k in sorted(by_seed)]
                 entry: dict[str, Any] = {"seeds": len(values), "test_accuracy": values}
                 if values:
                     entry["test_accuracy_mean"] = statistics.fmean(values)
@@ -413,6 +417,20 @@ class _Search:
         self.tracker.log_text(PARENT, table, "front_table.md")
         self.tracker.log_dict(PARENT, front_json(front, self.hypervolume(), existing), "front.json")
         return existing
+
+
+    def _log_model(self, number: int, trial: Any, payload: dict[str, Any], seed_index: int) -> None:
+        """Log a front member's retrained network as an MLflow model on its trial's run."""
+        import torch
+
+        arch = Architecture.from_dict(trial.user_attrs[ATTR.ARCH])
+        model = build_model(arch, self.dataset.input_shape, self.dataset.num_classes)
+        model.load_state_dict({k: torch.tensor(v) for k, v in payload["state_dict"].items()})
+        model.eval()
+        example = self.dataset.x_test[:4]
+        self.tracker.log_model(number, model, example, {
+            "model_test_accuracy": float(payload["test_accuracy"]),
+            "model_seed": float(derive_seed(self.config.seed, number, seed_index + 1))})
 
 
 def front_json(front: list[FrontPoint], hv: float, final: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -442,15 +460,6 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
         lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | "
                      f"{100 * p.val_error:.2f}% | {acc} |")
     return "\n".join(lines) + "\n"
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "processor": platform.processor(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
-            "torch_threads": torch.get_num_threads()}
 
 
 def _open_search_runs(tracker: Tracker, client: Any, search: "_Search", tags: dict[str, Any],
@@ -519,13 +528,15 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
         search = _Search(config, dataset, executor, tracker, on_progress)
         resolved = config_to_dict(config)
         resolved["search"]["storage"] = mask_secrets(config.search.storage)
+        env = environment(executor.threads_per_trial)
         tags = {TAG_KIND: "search", TAG_STUDY: config.study_name, "dataset": dataset.name,
                 "space": config.space.get("name"), "mode": config.search.mode,
-                "storage": mask_secrets(config.search.storage), "data_fingerprint": dataset.fingerprint}
+                "storage": mask_secrets(config.search.storage), "data_fingerprint": dataset.fingerprint,
+                "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"]}
         params = {k: mask_secrets(str(v)) for k, v in flatten(resolved).items()}
         tracker.call("open the search's runs", lambda client, _: _open_search_runs(tracker, client, search, tags, params))
         tracker.log_text(PARENT, _yaml(resolved), "config.yaml")
-        tracker.log_dict(PARENT, {"machine": _machine(), "data": {"fingerprint": dataset.fingerprint, **dataset.sizes(),
+        tracker.log_dict(PARENT, {**env, "data": {"fingerprint": dataset.fingerprint, **dataset.sizes(),
                                   "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}},
                          "environment.json")
         search.run()

@@ -260,6 +260,33 @@ class Tracker:
 
         self._submit(f"{artifact_file} of {key}", write)
 
+    def log_model(self, key: Hashable, model: Any, input_example: Any, metrics: Mapping[str, float]) -> None:
+        """Log a trained network as the MLflow model ``model`` of `key`'s run (signature from `input_example`),
+        with `metrics` and the tag ``has_model``; `mlflow.pytorch.load_model("runs:/<id>/model")` loads it."""
+
+        def write() -> None:
+            import mlflow
+            import mlflow.pytorch
+            import torch
+            from mlflow.models import infer_signature
+
+            run_id = self._run_id(key)
+            with torch.no_grad():
+                output = model(torch.as_tensor(input_example)).numpy()
+            signature = infer_signature(input_example, output)
+            mlflow.set_tracking_uri(self.uri)
+            # Requirements stated, not inferred: inference loads the model in a subprocess (seconds).
+            with mlflow.start_run(run_id=run_id):
+                # Pickled (not torch.export): it loads as the same network class, for any batch size.
+                mlflow.pytorch.log_model(model, name="model", input_example=input_example, signature=signature,
+                                         serialization_format="pickle",
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                                   for k, v in metrics.items()],
+                                  tags=[RunTag("has_model", "true")], synchronous=True)
+
+        self._submit(f"model of {key}", write)
+
     def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None]) -> None:
         """Queue any other write: `fn(client, run_id_of)` runs on the writer thread in order."""
         self._submit(name, lambda: fn(self.client, self._run_id))

@@ -45,6 +45,7 @@ class TaskSpec:
     train: TrainConfig
     seed: int
     evaluate_test: bool = False
+    return_state: bool = False
 
 
 def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict[str, Any], None, None]:
@@ -66,6 +67,8 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
         test_loss, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device),
                                          torch.as_tensor(data.y_test, device=device))
         payload.update(test_loss=test_loss, test_accuracy=1.0 - test_error)
+    if spec.return_state:
+        payload["state_dict"] = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     yield {"kind": "result", "result": payload}
 
 
