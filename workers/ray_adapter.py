@@ -120,7 +120,10 @@ class RayExecutor:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False)
             else:
-                ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+                # address="local": a new Ray of our own. Without it ray.init() joins whatever cluster the last
+                # `ray start` on this machine recorded in /tmp/ray (even a dead one).
+                ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
                 self._started_here = True
         self._remote = ray.remote(_trial_task).options(
             num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=self.max_retries,

@@ -1,0 +1,112 @@
+"""Driver capacity: how many trials per second one driver can ask, dispatch, tell and track.
+
+Trivial trials (a depth-0 network, one epoch on a 64-sample slice of digits would still train for real, so
+the trials use one epoch on digits with the cheapest architecture) keep the workers idle most of the time,
+so the driver is the bottleneck. Two figures per storage:
+
+* trials/s end to end: n_trials / the search loop's wall time (everything: Optuna storage writes, Ray
+  dispatch and result, MLflow tracking queue, the workers' epoch);
+* driver CPU per trial: CPU seconds of the driver process (its threads included: the tracking writer)
+  per trial; 1 / that is what one driver could feed if workers were free.
+
+Run: ``python -m benchmarks.driver_capacity [--trials 200] [--pg postgresql://postgres@127.0.0.1:5432/test]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import temp_folder
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# The cheapest architecture of the cnn space (a linear classifier), one epoch: a trial's work is ~10 ms.
+TRIVIAL_SPACE = {"name": "cnn", "depth": [0, 1], "channels": [4], "kernel_sizes": [3], "activations": ["relu"],
+                 "batch_norm": [False], "downsample": ["stride"], "downsample_every": [1], "head": ["flatten"]}
+
+
+def _config(storage: str, folder: Path, n_trials: int, sampler: str, name: str) -> Any:
+    from nas.config import config_from_dict
+
+    return config_from_dict({
+        "name": name, "seed": 0, "data": {"dataset": "digits"}, "space": TRIVIAL_SPACE,
+        "train": {"max_epochs": 1},
+        "search": {"n_trials": n_trials, "sampler": sampler, "pruner": "none", "bound_check": False,
+                   "final_seeds": 0, "storage": storage, "n_startup_trials": 10},
+        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")},
+    })
+
+
+def _pg_database(admin_url: str) -> tuple[str, Any]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    name = f"geonas_bench_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+    return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str) -> dict[str, Any]:
+    from nas.search import run_search
+
+    config = _config(storage, folder, n_trials, sampler, name)
+    cpu_before = time.process_time()
+    outcome = run_search(config, executor=executor)
+    cpu = time.process_time() - cpu_before
+    return {"storage": storage.split(":", 1)[0].split("+")[0], "sampler": sampler, "trials": n_trials,
+            "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
+            "driver_cpu_ms_per_trial": round(1000 * cpu / n_trials, 1),
+            "driver_capacity_per_s": round(n_trials / cpu, 1)}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--pg", default=os.environ.get("GEONAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--samplers", default="random,tpe")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    from workers.ray_adapter import RayExecutor
+
+    executor = RayExecutor(parallelism=2)
+    executor.start()
+    rows = []
+    try:
+        for sampler in args.samplers.split(","):
+            with temp_folder() as folder:
+                rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler, executor,
+                                    f"capacity-sqlite-{sampler}"))
+            with temp_folder() as folder:
+                url, drop = _pg_database(args.pg)
+                try:
+                    rows.append(measure(url, folder, args.trials, sampler, executor, f"capacity-pg-{sampler}"))
+                finally:
+                    drop()
+    finally:
+        executor.shutdown()
+    print("| storage | sampler | trials | loop s | trials/s end to end | driver CPU ms/trial | driver capacity trials/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['storage']} | {r['sampler']} | {r['trials']} | {r['loop_s']} | {r['trials_per_s']} | "
+              f"{r['driver_cpu_ms_per_trial']} | {r['driver_capacity_per_s']} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
