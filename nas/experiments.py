@@ -153,7 +153,8 @@ def _check_param(name: str, key: str, value: Any, default: Any) -> Any:
         value = float(value)
     elif isinstance(default, list):
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            value = [value] if not isinstance(value, str) else [v.strip() for v in value.split(",")]
+            # a bare value or "2,4,8": a list of one or more items, each read as YAML
+            value = [value] if not isinstance(value, str) else [yaml.safe_load(v) for v in value.split(",")]
         if not isinstance(value, list) or not value:
             raise bad("a non-empty list")
         kind = type(default[0]) if default else str
@@ -200,8 +201,8 @@ class Context:
 
     def derived_config(self, tag: str, changes: Mapping[str, Mapping[str, Any]]) -> "Config":
         """The config with sections updated by `changes`, a study of its own and this experiment's MLflow
-        experiment: the study name carries a digest of the resolved settings, so rerunning the same
-        experiment resumes its finished studies and changed settings start new ones."""
+        experiment: the study name carries a digest of the resolved settings (everything but the stores),
+        so rerunning the same experiment resumes its finished studies and changed settings start new ones."""
         from nas.config import config_from_dict, config_to_dict
 
         data = config_to_dict(self.config)
@@ -211,7 +212,7 @@ class Context:
         data["tracking"]["experiment"] = f"experiment.{self.name}"
         settings = {k: v for k, v in data.items() if k not in ("tracking",)}
         settings["search"] = {k: v for k, v in data["search"].items() if k != "storage"}
-        digest = hashlib.sha256(json.dumps([settings, self.params], sort_keys=True, default=str).encode())
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         data["search"]["study_name"] = f"{self.config.name}.{self.name}.{tag}.{digest.hexdigest()[:8]}"
         return config_from_dict(data)
 
@@ -756,11 +757,11 @@ def _cnn_arm(context: Context, condition: _Condition, dataset: "Dataset", train:
 def _stored_arch(config: "Config", trial_number: int) -> Any:
     import optuna
 
-    from nas.study import ATTR, storage_url
+    from nas.study import ATTR, storage_url, trial_attrs
     from search_spaces import Architecture
 
     study = optuna.load_study(study_name=config.study_name, storage=storage_url(config))
-    return Architecture.from_dict(study.trials[trial_number].user_attrs[ATTR.ARCH])
+    return Architecture.from_dict(trial_attrs(study.trials[trial_number])[ATTR.ARCH])
 
 
 def _mlp_arm(context: Context, condition: _Condition, dataset: "Dataset", train: Any) -> _Arm:
@@ -976,7 +977,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "activation-depth": Experiment(
         "activation-depth", ACTIVATION_DEPTH_HYPOTHESIS,
         defaults={"depths": [2, 4, 8, 16, 32], "activations": ["relu", "sigmoid", "tanh_critical"], "width": 16,
-                  "kernel_size": 3, "seeds": 1, "max_epochs": None, "trainable_accuracy": 0.5, "workers": 2},
+                  "kernel_size": 3, "seeds": 2, "max_epochs": None, "trainable_accuracy": 0.5, "workers": 2},
         quick={"depths": [1, 3], "activations": ["relu", "sigmoid", "tanh_critical"], "width": 4, "max_epochs": 2,
                "workers": 1},
         body=_activation_depth),
@@ -984,14 +985,14 @@ EXPERIMENTS: dict[str, Experiment] = {
         "locality", LOCALITY_HYPOTHESIS,
         defaults={"conditions": ["mnist1d", "mnist1d:fixed:1", "digits", "digits:fixed:4", "digits:per_sample:4",
                                  "digits:fixed:2", "digits:per_sample:2"],
-                  "n_trials": 6, "mlp_widths": [32, 64, 128], "mlp_max_layers": 2, "test_seeds": 1, "lam": 0.0,
+                  "n_trials": 8, "mlp_widths": [32, 64, 128], "mlp_max_layers": 2, "test_seeds": 1, "lam": 0.0,
                   "max_epochs": None},
         quick={"conditions": ["digits", "digits:fixed:4"], "n_trials": 2, "mlp_widths": [16, 32], "mlp_max_layers": 1,
                "max_epochs": 2},
         body=_locality),
     "depth-sweep": Experiment(
         "depth-sweep", DEPTH_SWEEP_HYPOTHESIS,
-        defaults={"depths": [0, 1, 2, 3, 4, 6, 8], "n_trials": 6, "lam": 0.0, "margin": 0.01, "max_epochs": None},
+        defaults={"depths": [0, 1, 2, 3, 4, 6, 8], "n_trials": 8, "lam": 0.0, "margin": 0.01, "max_epochs": None},
         quick={"depths": [0, 1], "n_trials": 1, "max_epochs": 2},
         body=_depth_sweep),
 }

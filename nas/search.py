@@ -23,7 +23,8 @@ from nas.data import Dataset, load_dataset
 from nas.energy import FrontPoint, bound_excludes, complexity_term, energy, hypervolume, pareto_front
 from nas.lock import StudyLock
 from nas.provenance import environment
-from nas.study import ATTR, FINISHED_STATES, derive_seed, front_points, open_study, storage_url
+from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
+                       trial_attrs)
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
 from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
                            total_params)
@@ -135,8 +136,8 @@ class _Search:
         """
         stale = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study._storage.set_trial_user_attr(t._trial_id, ATTR.REASON, "driver died: requeued")
-            self.study._storage.set_trial_user_attr(t._trial_id, ATTR.REQUEUED, True)
+            self.study._storage.set_trial_user_attr(t._trial_id, RESULT, {ATTR.REASON: "driver died: requeued",
+                                                                          ATTR.REQUEUED: True})
             self.study.tell(t.number, state=TrialState.FAIL)
             if t.params:
                 self.study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
@@ -145,9 +146,9 @@ class _Search:
 
     def _load_finished(self) -> None:
         for t in self.study.get_trials(deepcopy=False):
-            if t.state not in FINISHED_STATES or t.user_attrs.get(ATTR.REQUEUED):
+            a = trial_attrs(t)
+            if t.state not in FINISHED_STATES or a.get(ATTR.REQUEUED):
                 continue
-            a = t.user_attrs
             record = TrialRecord(t.number, state=t.state.name, arch_id=str(a.get(ATTR.ARCH_ID, "")),
                                  summary=str(a.get(ATTR.SUMMARY, "")), e_comp=int(a.get(ATTR.E_COMP, 0)),
                                  params=int(a.get(ATTR.PARAMS, 0)), reason=str(a.get(ATTR.REASON, "")),
@@ -201,27 +202,27 @@ class _Search:
         seed = derive_seed(self.config.seed, trial.number)
         arch = self.space.sample(trial)
         record.arch_id, record.summary = arch.arch_id, arch.summary()
-        trial.set_user_attr(ATTR.ARCH, arch.to_dict())
-        trial.set_user_attr(ATTR.ARCH_ID, arch.arch_id)
-        trial.set_user_attr(ATTR.SUMMARY, record.summary)
-        trial.set_user_attr(ATTR.SEED, seed)
+        stored: dict[str, Any] = {ATTR.ARCH: arch.to_dict(), ATTR.ARCH_ID: arch.arch_id, ATTR.SUMMARY: record.summary,
+                                  ATTR.SEED: seed}
         self._start_child(trial.number, arch, seed)
         try:
             costs = layer_costs(arch, self.dataset.input_shape, self.dataset.num_classes)
         except InfeasibleArchitecture as exc:
+            trial.set_user_attr(RECORD, stored)
             self._finish_failed(trial, str(exc))
             return
         record.e_comp, record.params = total_macs(costs), total_params(costs)
-        trial.set_user_attr(ATTR.E_COMP, record.e_comp)
-        trial.set_user_attr(ATTR.PARAMS, record.params)
+        stored.update({ATTR.E_COMP: record.e_comp, ATTR.PARAMS: record.params})
         self._log_profile(trial.number, arch, costs)
         if arch.arch_id in self.results_by_arch:
             # The sampler proposed a structure already trained to its fixed point: reuse that result.
             source, result = self.results_by_arch[arch.arch_id]
-            trial.set_user_attr(ATTR.DUPLICATE_OF, source)
+            stored[ATTR.DUPLICATE_OF] = source
+            trial.set_user_attr(RECORD, stored)
             self.tracker.set_tags(trial.number, {"duplicate_of": source})
             self._finish_complete(trial, result)
             return
+        trial.set_user_attr(RECORD, stored)
         if self.search.mode == "scalar" and self.search.bound_check and bound_excludes(
                 record.e_comp, self.search.lam, self.search.scale, self.best_f):
             term = complexity_term(record.e_comp, self.search.lam, self.search.scale)
@@ -276,8 +277,7 @@ class _Search:
                  ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
                  ATTR.WALL_TIME: record.train_wall_time, ATTR.FINAL_EXTRA: extra,
                  ATTR.HISTORY: self._history(trial.number)}
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        trial.set_user_attr(RESULT, attrs)
         values = (f,) if self.search.mode == "scalar" else (float(record.e_comp), val_error)
         self.study.tell(trial, values)
         record.state, record.values = "COMPLETE", values
@@ -294,9 +294,7 @@ class _Search:
 
     def _finish_pruned(self, trial: optuna.Trial, reason: str, epochs: int = 0) -> None:
         record = self.records[trial.number]
-        trial.set_user_attr(ATTR.REASON, reason)
-        trial.set_user_attr(ATTR.EPOCHS, epochs)
-        trial.set_user_attr(ATTR.HISTORY, self._history(trial.number))
+        trial.set_user_attr(RESULT, {ATTR.REASON: reason, ATTR.EPOCHS: epochs, ATTR.HISTORY: self._history(trial.number)})
         self.study.tell(trial, state=TrialState.PRUNED)
         record.state, record.reason, record.epochs = "PRUNED", reason, epochs
         self.live.pop(trial.number, None)
@@ -306,7 +304,7 @@ class _Search:
 
     def _finish_failed(self, trial: optuna.Trial, reason: str) -> None:
         record = self.records[trial.number]
-        trial.set_user_attr(ATTR.REASON, reason)
+        trial.set_user_attr(RESULT, {ATTR.REASON: reason})
         self.study.tell(trial, state=TrialState.FAIL)
         record.state, record.reason = "FAIL", reason
         self.tracker.end_run(trial.number, "FAILED", None, {TAG_STATE: "FAIL", TAG_REASON: reason})
@@ -344,12 +342,12 @@ class _Search:
         macs = [c.macs for c in costs if c.kind in ("conv", "linear")]
         title = f"trial {number}: {arch.summary()}"
 
-        def figure() -> Any:
-            from nas.plots import profile_figure
+        def png() -> bytes:
+            from nas.plots import profile_png
 
-            return profile_figure(names, macs, title)
+            return profile_png(names, macs, title)
 
-        self.tracker.log_figure(number, figure, "complexity_profile.png")
+        self.tracker.log_png(number, png, "complexity_profile.png")
 
     def _log_front(self, force: bool = True) -> None:
         # Rendering the plot costs tens of milliseconds: refresh it at most every few seconds while running.
@@ -382,7 +380,7 @@ class _Search:
             data_ref = self.executor.put(self.dataset)
             trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
             for point in todo:
-                arch_json = Architecture.from_dict(trials[point.trial_number].user_attrs[ATTR.ARCH]).to_json()
+                arch_json = Architecture.from_dict(trial_attrs(trials[point.trial_number])[ATTR.ARCH]).to_json()
                 for k in range(seeds):
                     # The first retraining also brings its weights back: it is the member's logged model.
                     spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
@@ -423,7 +421,7 @@ class _Search:
         """Log a front member's retrained network as an MLflow model on its trial's run."""
         import torch
 
-        arch = Architecture.from_dict(trial.user_attrs[ATTR.ARCH])
+        arch = Architecture.from_dict(trial_attrs(trial)[ATTR.ARCH])
         model = build_model(arch, self.dataset.input_shape, self.dataset.num_classes)
         model.load_state_dict({k: torch.tensor(v) for k, v in payload["state_dict"].items()})
         model.eval()

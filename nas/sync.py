@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.energy import FrontPoint, hypervolume, pareto_front
-from nas.study import ATTR, front_points
+from nas.study import ATTR, front_points, trial_attrs
 from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL
 
 __all__ = ["sync_study", "find_runs", "run_status", "SyncReport"]
@@ -33,7 +33,7 @@ EPOCH_METRICS = ("train_loss", "val_loss", "val_error", "lr", "loss_residual", "
 
 def run_status(trial: FrozenTrial) -> str:
     """The MLflow status of a trial's run: FINISHED, KILLED (pruned, or its driver died) or FAILED."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get(ATTR.REQUEUED):
+    if trial.state == TrialState.FAIL and trial_attrs(trial).get(ATTR.REQUEUED):
         return "KILLED"
     return STATUS[trial.state]
 
@@ -58,7 +58,7 @@ def find_runs(client: MlflowClient, experiment_id: str, study_name: str) -> tupl
 
 
 def trial_tags(study_name: str, trial: FrozenTrial) -> dict[str, str]:
-    a = trial.user_attrs
+    a = trial_attrs(trial)
     tags = {TAG_KIND: "trial", TAG_STUDY: study_name, TAG_TRIAL: str(trial.number), TAG_STATE: trial.state.name}
     if ATTR.ARCH_ID in a:
         tags[TAG_ARCH] = str(a[ATTR.ARCH_ID])
@@ -74,7 +74,7 @@ def trial_tags(study_name: str, trial: FrozenTrial) -> dict[str, str]:
 def trial_params(trial: FrozenTrial) -> dict[str, str]:
     from search_spaces import Architecture
 
-    a = trial.user_attrs
+    a = trial_attrs(trial)
     params: dict[str, str] = {"trial_number": str(trial.number)}
     if ATTR.SEED in a:
         params["seed"] = str(a[ATTR.SEED])
@@ -86,7 +86,7 @@ def trial_params(trial: FrozenTrial) -> dict[str, str]:
 
 def final_metrics(trial: FrozenTrial) -> dict[str, float]:
     """The final metrics of a trial's run, as the driver logs them."""
-    a = trial.user_attrs
+    a = trial_attrs(trial)
     metrics: dict[str, float] = {}
     names = {ATTR.E_COMP: "E_comp", ATTR.E_CNN: "E_CNN", ATTR.F: "F", ATTR.VAL_ERROR: "val_error",
              ATTR.EPOCHS: "epochs", ATTR.FIXED_POINT: "fixed_point_reached", ATTR.PARAMS: "params",
@@ -143,11 +143,11 @@ def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent
     params = [Param(k, v) for k, v in trial_params(trial).items() if k not in data.params]
     new_tags = [RunTag(k, v) for k, v in {**tags, "mlflow.parentRunId": parent_id}.items() if data.tags.get(k) != v]
     metrics: list[Metric] = []
-    history = trial.user_attrs.get(ATTR.HISTORY) or []
+    history = trial_attrs(trial).get(ATTR.HISTORY) or []
     for name in EPOCH_METRICS:
         points = [(int(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
         metrics += _missing_metrics(client, run_id, data.metrics, f"epoch/{name}", points)
-    step = int(trial.user_attrs.get(ATTR.EPOCHS, 0) or 0)
+    step = int(trial_attrs(trial).get(ATTR.EPOCHS, 0) or 0)
     for name, value in final_metrics(trial).items():
         if not _same(data.metrics.get(name), value):
             metrics.append(Metric(name, value, 0, step))
@@ -168,7 +168,7 @@ def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial,
                           num_classes: int | None) -> bool:
     from search_spaces import Architecture, InfeasibleArchitecture, layer_costs
 
-    arch_dict = trial.user_attrs.get(ATTR.ARCH)
+    arch_dict = trial_attrs(trial).get(ATTR.ARCH)
     if arch_dict is None:
         return False
     present = {a.path for a in client.list_artifacts(run_id)}
@@ -187,15 +187,14 @@ def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial,
     if "complexity_profile.json" not in present:
         client.log_text(run_id, json.dumps(profile_json(arch, costs), indent=2), "complexity_profile.json")
     if "complexity_profile.png" not in present:
-        from nas.plots import close, profile_figure
+        from nas.plots import profile_png
 
-        names = [c.name for c in costs if c.kind in ("conv", "linear")]
-        fig = profile_figure(names, [c.macs for c in costs if c.kind in ("conv", "linear")],
-                             f"trial {trial.number}: {arch.summary()}")
-        try:
-            client.log_figure(run_id, fig, "complexity_profile.png")
-        finally:
-            close(fig)
+        layers = [c for c in costs if c.kind in ("conv", "linear")]
+        png = profile_png([c.name for c in layers], [c.macs for c in layers], f"trial {trial.number}: {arch.summary()}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "complexity_profile.png"
+            path.write_bytes(png)
+            client.log_artifact(run_id, str(path))
     return True
 
 
@@ -213,7 +212,7 @@ def hypervolume_history(trials: list[FrozenTrial], reference: tuple[float, float
     points: list[FrontPoint] = []
     history = []
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                and not t.user_attrs.get(ATTR.REQUEUED)]
+                and not trial_attrs(t).get(ATTR.REQUEUED)]
     by_number = {p.trial_number: p for p in front_points(trials)}
     for t in sorted(finished, key=lambda t: t.number):
         if t.number in by_number:

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from nas.config import config_from_dict
 from nas.search import run_search
+from nas.study import trial_attrs
 from tests.faults.conftest import MlflowServer, free_port, wait_for
 from tests.nas.test_search import TINY_SPACE
 
@@ -96,11 +97,11 @@ def test_killed_driver_resumes_the_study_without_losing_or_duplicating_trials(pg
     assert second.returncode == 0, err[-3000:]
 
     trials = _trials(storage, "resume")
-    requeued = [t for t in trials if t.user_attrs.get("requeued")]
-    counted = [t for t in trials if not t.user_attrs.get("requeued")]
+    requeued = [t for t in trials if trial_attrs(t).get("requeued")]
+    counted = [t for t in trials if not trial_attrs(t).get("requeued")]
     # the trials left RUNNING by the dead driver were marked failed, with the reason ...
     assert {t.number for t in requeued} == set(running)
-    assert all(t.state == TrialState.FAIL and t.user_attrs["reason"].startswith("driver died") for t in requeued)
+    assert all(t.state == TrialState.FAIL and trial_attrs(t)["reason"].startswith("driver died") for t in requeued)
     # ... and their architectures ran again as new trials
     rerun = {t.user_attrs["requeued_from"]: t.params for t in trials if "requeued_from" in t.user_attrs}
     assert rerun == running
@@ -184,9 +185,9 @@ def test_sync_rebuilds_every_run_lost_while_the_server_was_down(pg_database, ray
             trial = study.trials[int(run.data.tags["trial_number"])]
             # rebuilt from the storage: final metrics, per-epoch history, artifacts
             assert run.info.status == "FINISHED"
-            assert run.data.metrics["E_CNN"] == trial.user_attrs["E_CNN"]
+            assert run.data.metrics["E_CNN"] == trial_attrs(trial)["E_CNN"]
             history = client.get_metric_history(run.info.run_id, "epoch/val_loss")
-            assert len(history) == trial.user_attrs["epochs"]
+            assert len(history) == trial_attrs(trial)["epochs"]
             assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
                 "architecture.json", "complexity_profile.json", "complexity_profile.png"}
         parent = parents[0]

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from nas.search import run_search
+from nas.study import trial_attrs
 from tests.faults.conftest import descends_from, trial_worker_pids, wait_for
 from tests.nas.test_search import tiny_config
 from workers.ray_adapter import RayExecutor
@@ -98,7 +99,7 @@ def test_trial_that_raises_is_recorded_failed_and_the_search_goes_on(stores, ray
     # every trial ran and failed, each with the error as its reason; the search went through its budget
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     for trial in study.trials:
-        assert "ValueError: train.device is 'cuda'" in trial.user_attrs["reason"]
+        assert "ValueError: train.device is 'cuda'" in trial_attrs(trial)["reason"]
     assert outcome.count("FAIL") == 3
     client = MlflowClient(stores["tracking"])
     runs = client.search_runs([client.get_experiment_by_name("raising").experiment_id],

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from nas.config import config_from_dict
 from nas.search import run_search
+from nas.study import trial_attrs
 from nas.tracking import TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY
 
 TINY_SPACE = {"name": "cnn", "depth": [0, 2], "channels": [4, 8], "kernel_sizes": [3], "activations": ["relu", "tanh"],
@@ -56,7 +57,7 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     assert complete, "at least one trial completes on digits"
     for t in complete:
-        a = t.user_attrs
+        a = trial_attrs(t)
         # F is the scalar objective, E_CNN + λ·E_comp/scale
         assert t.value == pytest.approx(a["E_CNN"] + 0.1 * a["E_comp"] / 1e6)
         assert a["arch_id"] and a["E_comp"] >= 0 and 0 <= a["val_error"] <= 1
@@ -90,7 +91,7 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
         number = int(child.data.tags["trial_number"])
         state = study.trials[number].state.name
         assert child.data.tags[TAG_STATE] == state  # the run says how the trial ended
-        assert child.data.tags["arch_id"] == study.trials[number].user_attrs["arch_id"]
+        assert child.data.tags["arch_id"] == trial_attrs(study.trials[number])["arch_id"]
         assert "arch.activation" in child.data.params or "arch.depth" in child.data.params
         assert {"architecture.json", "complexity_profile.json", "complexity_profile.png"} <= _artifacts(
             client, child.info.run_id)
@@ -116,9 +117,9 @@ def test_infeasible_and_diverging_trials_are_recorded_and_the_search_goes_on(sto
     outcome = run_search(config, executor=ray_executor)
     study = optuna.load_study(study_name="faulty", storage=stores["storage"])
     assert len(study.trials) == 5 and all(t.state == TrialState.FAIL for t in study.trials)
-    reasons = {t.user_attrs["reason"].split(":")[0] for t in study.trials}
+    reasons = {trial_attrs(t)["reason"].split(":")[0] for t in study.trials}
     assert reasons <= {"infeasible", "diverged"} and reasons  # each failure says why
-    depths = {len(t.user_attrs["arch"]["channels"]) for t in study.trials}
+    depths = {len(trial_attrs(t)["arch"]["channels"]) for t in study.trials}
     if depths == {3, 4}:
         assert reasons == {"infeasible", "diverged"}
     assert outcome.count("FAIL") == 5 and outcome.front == []
@@ -140,7 +141,7 @@ def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor)
     assert len(complete) + outcome.count("FAIL") == 4  # nothing pruned in pareto mode
     for t in complete:
         # the two objectives are (E_comp, validation error)
-        assert t.values == [t.user_attrs["E_comp"], t.user_attrs["val_error"]]
+        assert t.values == [trial_attrs(t)["E_comp"], trial_attrs(t)["val_error"]]
     # the service's front equals Optuna's own Pareto set on the same trials (up to duplicate points)
     optuna_front = {tuple(t.values) for t in study.best_trials}
     assert {(p.macs, p.val_error) for p in outcome.front} == optuna_front
