@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -210,7 +209,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     command = [mlflow, "ui", "--backend-store-uri", uri, "--default-artifact-root", os.path.abspath(artifacts),
                "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C to stop)", file=sys.stderr)
-    return subprocess.call(command)
+    sys.stderr.flush()
+    # Become the server (no child left behind when this process is stopped).
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 def main(argv: Sequence[str] | None = None) -> int:
