@@ -250,8 +250,8 @@ class _Search:
         # Per-epoch curves live under "epoch/" so they never mix with the final metrics of the same name.
         self.tracker.log_metrics(trial.number, {f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
         self.reports[trial.number].append(metrics)
-        if self.search.mode != "scalar":
-            return
+        if self.search.mode != "scalar" or self.search.pruner == "none":
+            return  # nothing would read the intermediate value: spare the storage a write per epoch
         record = self.records[trial.number]
         f_epoch = energy(metrics["val_loss"], record.e_comp, self.search.lam, self.search.scale)
         trial.report(f_epoch, epoch)
