@@ -190,7 +190,10 @@ class _Search:
     def _loop(self) -> None:
         data_ref = self.executor.put(self.dataset.without_test())
         while self.finished < self.search.n_trials or self.live:
-            while len(self.live) < self.executor.parallelism and self.finished + len(self.live) < self.search.n_trials:
+            # Read once per round: without a configured parallelism it asks the cluster for its CPUs (an RPC),
+            # and nodes may join or leave during a long search.
+            capacity = self.executor.parallelism
+            while len(self.live) < capacity and self.finished + len(self.live) < self.search.n_trials:
                 self._ask_and_dispatch(data_ref)
             for event in self.executor.poll(timeout=0.5):
                 self._handle(event)
