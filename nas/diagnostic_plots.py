@@ -60,9 +60,12 @@ def diagnostics_figure(init: Mapping[str, float], trained: Mapping[str, float], 
     for metrics, label, color in ((init, "init", "C0"), (trained, "trained", "C3")):
         labels, values = trajectory_profile(metrics)
         if values:
-            left.plot(range(len(values)), values, marker="o", c=color, label=label)
-            left.set_xticks(range(len(labels)))
-            left.set_xticklabels(labels, fontsize=8)
+            left.plot(range(len(values)), values, marker="o", ms=4, c=color, label=label)
+            # at most ~12 tick labels: every k-th layer, and always the head
+            step = max(1, math.ceil(len(labels) / 12))
+            ticks = [i for i in range(len(labels)) if i % step == 0 or i == len(labels) - 1]
+            left.set_xticks(ticks)
+            left.set_xticklabels([labels[i] for i in ticks], fontsize=8)
     if any(v > 0 for v in trajectory_profile(init)[1] + trajectory_profile(trained)[1]):
         left.set_yscale("log")
     left.set_xlabel("layer (segment)")

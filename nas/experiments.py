@@ -562,9 +562,25 @@ def _activation_depth(context: Context) -> Report:
              f"took {diag_time:.1f} s against {train_time:.1f} s of training ({100 * diag_time / max(train_time, 1e-9):.1f}%).")
     report = Report("activation-depth", ACTIVATION_DEPTH_HYPOTHESIS, setup, verdicts=verdicts, figures=figures,
                     metrics=metrics)
-    report.sections += ["## Results", "", table]
+    report.sections += ["## Results", "", table, _stall_note(runs, chance, train)]
     report.results.update(summary={a: {str(d): v for d, v in s.items()} for a, s in summary.items()}, runs=runs)
     return report
+
+
+def _stall_note(runs: Sequence[Mapping[str, Any]], chance: float, train: Any) -> str:
+    """Which runs ended at chance, and after how many epochs: a stall the fixed-point rule may have cut short."""
+    stalled = [r for r in runs if r["val_accuracy"] <= chance + 0.05]
+    if not stalled:
+        return "Every run ended above chance.\n"
+    cells = ", ".join(f"{r['activation']} d{r['depth']} seed {r['seed']} ({r['epochs']} epochs)" for r in stalled)
+    early = [r for r in stalled if r["epochs"] < train.max_epochs]
+    text = f"Runs that ended at chance accuracy: {cells}."
+    if early:
+        text += (f" {len(early)} of them stopped before max_epochs = {train.max_epochs}: the fixed-point rule "
+                 f"(patience {train.patience}, loss_tol {train.loss_tol}, update_tol {train.update_tol}) read a "
+                 f"plateau at chance with barely moving weights as a fixed point. Whether they would escape it later "
+                 f"is measured with a larger patience (e.g. --set train.patience=100).")
+    return text + "\n"
 
 
 def _activation_depth_verdicts(summary: Mapping[str, Mapping[int, Mapping[str, float]]], depths: Sequence[int],
@@ -977,7 +993,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "activation-depth": Experiment(
         "activation-depth", ACTIVATION_DEPTH_HYPOTHESIS,
         defaults={"depths": [2, 4, 8, 16, 32], "activations": ["relu", "sigmoid", "tanh_critical"], "width": 16,
-                  "kernel_size": 3, "seeds": 2, "max_epochs": None, "trainable_accuracy": 0.5, "workers": 2},
+                  "kernel_size": 3, "seeds": 3, "max_epochs": None, "trainable_accuracy": 0.5, "workers": 2},
         quick={"depths": [1, 3], "activations": ["relu", "sigmoid", "tanh_critical"], "width": 4, "max_epochs": 2,
                "workers": 1},
         body=_activation_depth),

@@ -276,10 +276,11 @@ class _Search:
         record.epochs = int(result.get("epochs", 0))
         record.train_wall_time = float(result.get("wall_time", 0.0))
         extra = {k: float(result[k]) for k in ("loss_residual", "update_residual", "final_lr") if k in result}
+        diagnostics = {f"diag.{k}": float(v) for k, v in (result.get("diagnostics") or {}).items()}
         attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
                  ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
                  ATTR.WALL_TIME: record.train_wall_time, ATTR.FINAL_EXTRA: extra,
-                 ATTR.HISTORY: self._history(trial.number)}
+                 ATTR.HISTORY: self._history(trial.number), ATTR.DIAGNOSTICS: diagnostics}
         trial.set_user_attr(RESULT, attrs)
         values = (f,) if self.search.mode == "scalar" else (float(record.e_comp), val_error)
         self.study.tell(trial, values)
@@ -292,6 +293,9 @@ class _Search:
                  "fixed_point_reached": float(attrs[ATTR.FIXED_POINT]), "params": record.params,
                  "train_wall_time": record.train_wall_time}
         final.update(extra)
+        final.update(diagnostics)
+        if diagnostics and record.dispatched_at:  # trained here, not a reused result
+            self._log_diagnostics_plot(trial.number, result["diagnostics"], record.summary)
         self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE"}, step=record.epochs)
         self._after_trial(trial.number)
 
@@ -352,6 +356,17 @@ class _Search:
 
         self.tracker.log_png(number, png, "complexity_profile.png")
 
+    def _log_diagnostics_plot(self, number: int, diagnostics: dict[str, float], summary: str) -> None:
+        init = {k[len("init."):]: v for k, v in diagnostics.items() if k.startswith("init.")}
+        trained = {k[len("trained."):]: v for k, v in diagnostics.items() if k.startswith("trained.")}
+
+        def figure() -> Any:
+            from nas.diagnostic_plots import diagnostics_figure
+
+            return diagnostics_figure(init, trained, f"trial {number}: {summary}")
+
+        self.tracker.log_figure(number, figure, "diagnostics.png")
+
     def _log_front(self, force: bool = True) -> None:
         # Rendering the plot costs tens of milliseconds: refresh it at most every few seconds while running.
         now = time.perf_counter()
@@ -387,7 +402,7 @@ class _Search:
                 for k in range(seeds):
                     # The first retraining also brings its weights back: it is the member's logged model.
                     spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
-                                    evaluate_test=True, return_state=(k == 0))
+                                    evaluate_test=True, return_state=(k == 0), diagnostics=False)
                     self.executor.submit(("final", point.trial_number, k), spec, data_ref)
             results: dict[int, dict[int, float]] = {p.trial_number: {} for p in todo}
             reasons: dict[int, list[str]] = {p.trial_number: [] for p in todo}

@@ -41,6 +41,7 @@ class ATTR:
     WALL_TIME = "train_wall_time"
     HISTORY = "history"  # per-epoch metrics, so MLflow can be rebuilt from the storage alone
     FINAL_EXTRA = "final_extra"  # the trainer's final residuals and step size
+    DIAGNOSTICS = "diagnostics"  # geometry of the curve at initialization and trained (diag.init.*, diag.trained.*)
     REQUEUED = "requeued"  # failed because its driver died; its architecture was enqueued again
 
 

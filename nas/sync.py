@@ -94,7 +94,7 @@ def final_metrics(trial: FrozenTrial) -> dict[str, float]:
     for attr, name in names.items():
         if attr in a and a[attr] is not None:
             metrics[name] = float(a[attr])
-    for name, value in (a.get(ATTR.FINAL_EXTRA) or {}).items():
+    for name, value in {**(a.get(ATTR.FINAL_EXTRA) or {}), **(a.get(ATTR.DIAGNOSTICS) or {})}.items():
         metrics[name] = float(value)
     return metrics
 

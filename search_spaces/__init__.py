@@ -5,7 +5,7 @@ Architecture; ``build_model`` turns it into a SegmentedNet and ``layer_costs`` i
 curve (per-layer MACs, parameters and output shapes) without running it.
 """
 
-from ._activations import ACTIVATIONS, INITIALIZERS
+from ._activations import ACTIVATION_VARIANTS, ACTIVATIONS, INITIALIZERS, ActivationVariant
 from ._base import SPACES, Architecture, SearchSpace, get_space, register_space
 from ._build import build_model, layer_costs
 from ._cnn import CNNArchitecture, CNNSpace
@@ -16,6 +16,8 @@ from ._trial import RandomTrial
 
 __all__ = [
     "ACTIVATIONS",
+    "ACTIVATION_VARIANTS",
+    "ActivationVariant",
     "INITIALIZERS",
     "SPACES",
     "Architecture",

@@ -23,6 +23,8 @@ class Architecture(ABC):
 
     Subclasses are frozen dataclasses whose fields are scalars or tuples (hashable) and that
     validate themselves in ``__post_init__``; ``space_name`` ties each to its registered space.
+    A field with a default is optional: ``to_dict`` leaves it out while it holds its default and
+    ``from_dict`` fills it in when absent, so adding such a field keeps every stored id valid.
     """
 
     space_name: ClassVar[str]
@@ -40,6 +42,8 @@ class Architecture(ABC):
         data: dict[str, Any] = {"space": self.space_name}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if _is_optional(field) and value == field.default:
+                continue  # an optional field at its default: the canonical JSON (and id) predates it
             data[field.name] = list(value) if isinstance(value, tuple) else value
         return data
 
@@ -82,10 +86,11 @@ class Architecture(ABC):
                 f"{cls.__name__}.from_dict got an architecture of space {data['space']!r}"
             )
         expected = {field.name for field in dataclasses.fields(arch_type)}
+        required = {field.name for field in dataclasses.fields(arch_type) if not _is_optional(field)}
         given = set(data) - {"space"}
-        if given != expected:
+        if not required <= given <= expected:
             problems = []
-            if missing := sorted(expected - given):
+            if missing := sorted(required - given):
                 problems.append(f"missing keys {', '.join(missing)}")
             if unknown := sorted(given - expected):
                 problems.append(f"unknown keys {', '.join(map(str, unknown))}")
@@ -93,7 +98,7 @@ class Architecture(ABC):
                 f"{arch_type.__name__}: {'; '.join(problems)} "
                 f"(fields: {', '.join(sorted(expected))})"
             )
-        return arch_type(**{key: data[key] for key in expected})
+        return arch_type(**{key: data[key] for key in given})
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:
@@ -103,6 +108,10 @@ class Architecture(ABC):
             ValueError: If the text is not JSON or not a valid architecture dict.
         """
         return cls.from_dict(json.loads(text))
+
+
+def _is_optional(field: dataclasses.Field[Any]) -> bool:
+    return field.default is not dataclasses.MISSING
 
 
 class SearchSpace(ABC):

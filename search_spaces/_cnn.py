@@ -26,6 +26,7 @@ DOWNSAMPLES = ("stride", "pool", "none")
 HEADS = ("global_pool", "flatten")
 _HEAD_ABBREVIATIONS = {"global_pool": "gap", "flatten": "flatten"}
 # At depth 0 these fields cannot affect the model; fixing them gives one arch_id per model.
+# (With hidden layers in the head the activation is used, see CNNArchitecture._check_canonical.)
 _UNUSED_AT_DEPTH_0: dict[str, Any] = dict(
     activation="identity", batch_norm=False, downsample="none", downsample_every=1, head="flatten"
 )
@@ -39,12 +40,16 @@ class CNNArchitecture(Architecture):
     activation -> [max pool 2]. With ``downsample`` "stride" or "pool", layers i with
     ``(i + 1) % downsample_every == 0`` halve the spatial size (stride-2 conv, or max pool 2).
     Head: "global_pool" (adaptive average pool to 1, flatten, linear) or "flatten" (flatten,
-    linear).
+    linear). ``hidden`` (optional, default none) puts fully connected layers linear(h) ->
+    activation before the final linear layer: with depth 0 that is an MLP (no convolution), the
+    locality experiment's baseline. Without hidden layers the field is left out of the canonical
+    JSON, so the ids of architectures that predate it are unchanged.
 
     Canonical form (so that one model has one ``arch_id``): with depth 0 the net is flatten +
-    linear, and the unused fields must be ``activation="identity"``, ``batch_norm=False``,
-    ``downsample="none"``, ``downsample_every=1``, ``head="flatten"``; without downsampling,
-    ``downsample_every=1``; with downsampling, ``downsample_every <= depth``.
+    [hidden layers] + linear, and the unused fields must be ``batch_norm=False``,
+    ``downsample="none"``, ``downsample_every=1``, ``head="flatten"``, and without hidden layers
+    also ``activation="identity"``; without downsampling, ``downsample_every=1``; with
+    downsampling, ``downsample_every <= depth``.
 
     Raises:
         ValueError: If a field is invalid or not in canonical form.
@@ -59,6 +64,7 @@ class CNNArchitecture(Architecture):
     downsample: str
     downsample_every: int
     head: str
+    hidden: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -79,11 +85,14 @@ class CNNArchitecture(Architecture):
         check.one_of(f"{owner}.downsample", self.downsample, DOWNSAMPLES)
         check.int_at_least(f"{owner}.downsample_every", self.downsample_every, 1)
         check.one_of(f"{owner}.head", self.head, HEADS)
+        object.__setattr__(self, "hidden", check.int_tuple(f"{owner}.hidden", self.hidden, 1))
         self._check_canonical(owner)
 
     def _check_canonical(self, owner: str) -> None:
         if self.depth == 0:
             for name, canonical in _UNUSED_AT_DEPTH_0.items():
+                if name == "activation" and self.hidden:
+                    continue  # the hidden layers use it
                 if getattr(self, name) != canonical:
                     raise ValueError(
                         f"{owner} with depth 0 is flatten + linear; {name} must be "
@@ -105,6 +114,22 @@ class CNNArchitecture(Architecture):
         """The depth-0 architecture: flatten + linear (the logistic-regression baseline)."""
         return cls(channels=(), kernel_sizes=(), **_UNUSED_AT_DEPTH_0)
 
+    @classmethod
+    def mlp(cls, hidden: tuple[int, ...], activation: str) -> CNNArchitecture:
+        """A depth-0 architecture with hidden layers: flatten -> [linear -> activation]* -> linear.
+
+        Args:
+            hidden: Widths of the hidden layers, at least one.
+            activation: The hidden layers' activation (a key of ACTIVATIONS or a variant).
+
+        Raises:
+            ValueError: If ``hidden`` is empty or holds a width < 1, or the activation is unknown.
+        """
+        if len(hidden) == 0:
+            raise ValueError("CNNArchitecture.mlp needs at least one hidden layer; use linear()")
+        fields = {**_UNUSED_AT_DEPTH_0, "activation": activation}
+        return cls(channels=(), kernel_sizes=(), hidden=tuple(hidden), **fields)
+
     @property
     def depth(self) -> int:
         """Number of conv layers."""
@@ -115,8 +140,9 @@ class CNNArchitecture(Architecture):
         return self.downsample != "none" and (layer + 1) % self.downsample_every == 0
 
     def summary(self) -> str:
+        mlp = f" mlp{_bracket(self.hidden)}" if self.hidden else ""
         if self.depth == 0:
-            return "cnn d0 flatten"
+            return f"cnn d0 flatten{mlp} {self.activation}" if self.hidden else "cnn d0 flatten"
         kernels = set(self.kernel_sizes)
         kernel = (
             f"k{self.kernel_sizes[0]}" if len(kernels) == 1 else f"k{_bracket(self.kernel_sizes)}"
@@ -135,7 +161,7 @@ class CNNArchitecture(Architecture):
                 downsample,
                 _HEAD_ABBREVIATIONS[self.head],
             ]
-        )
+        ) + mlp
 
     def flat_params(self) -> dict[str, FlatValue]:
         return {**super().flat_params(), "depth": self.depth}
@@ -156,7 +182,10 @@ class CNNArchitecture(Architecture):
                 layers.append(MaxPool())
             segments.append(Sequential(tuple(layers)))
         head: list[Layer] = [GlobalAvgPool()] if self.head == "global_pool" else []
-        head += [Flatten(), Linear(num_classes)]
+        head.append(Flatten())
+        for width in self.hidden:
+            head += [Linear(width), Activation(self.activation)]
+        head.append(Linear(num_classes))
         return NetworkPlan(tuple(segments), Sequential(tuple(head)), self.activation)
 
 

@@ -1,5 +1,6 @@
 """Training of candidates: the Ray-free trainer, and `workers.ray_adapter`, the one module importing Ray."""
 
+from workers._diagnostics import diagnose
 from workers._trainer import (
     TrainConfig,
     TrainData,
@@ -18,6 +19,7 @@ __all__ = [
     "TrainData",
     "TrainingDiverged",
     "TrialResult",
+    "diagnose",
     "evaluate",
     "fit",
     "fit_steps",

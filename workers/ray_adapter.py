@@ -17,7 +17,8 @@ import ray
 import torch
 from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
-from search_spaces import Architecture
+from search_spaces import Architecture, layer_costs
+from workers._diagnostics import diagnose
 from workers._trainer import TrainConfig, TrainData, evaluate, fit_steps, seeded_model
 
 __all__ = ["RayExecutor", "TrialEvent", "TaskSpec", "cluster_cpus"]
@@ -46,6 +47,7 @@ class TaskSpec:
     seed: int
     evaluate_test: bool = False
     return_state: bool = False
+    diagnostics: bool = True
 
 
 def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict[str, Any], None, None]:
@@ -53,6 +55,11 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
     torch.set_num_threads(max(1, threads))
     arch = Architecture.from_json(spec.arch_json)
     model = seeded_model(arch, data, spec.seed)
+    diagnostics: dict[str, float] = {}
+    if spec.diagnostics:
+        # The geometry of the curve at initialization, before any step (own generators: training unchanged).
+        costs = layer_costs(arch, tuple(data.x_train.shape[1:]), int(data.num_classes))
+        diagnostics.update({f"init.{k}": v for k, v in diagnose(model, arch, data.x_val, costs, seed=spec.seed).items()})
     steps = fit_steps(model, data, spec.train, seed=spec.seed)
     while True:
         try:
@@ -62,6 +69,9 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
             break
         yield {"kind": "report", "epoch": epoch, "metrics": metrics}
     payload = result.to_dict()
+    if spec.diagnostics:
+        diagnostics.update({f"trained.{k}": v for k, v in diagnose(model, arch, data.x_val, costs, seed=spec.seed).items()})
+        payload["diagnostics"] = diagnostics
     if spec.evaluate_test:
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
         test_loss, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device),

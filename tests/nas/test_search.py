@@ -102,6 +102,10 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
             if "duplicate_of" not in child.data.tags:
                 # one val_loss point per epoch trained
                 assert len(client.get_metric_history(child.info.run_id, "epoch/val_loss")) == epochs
+                # the geometry of the curve, at initialization and trained, as metrics and a plot
+                assert {"diag.init.jacobian_msv", "diag.trained.jacobian_msv", "diag.init.balance_entropy",
+                        "diag.trained.traj_length_head"} <= set(child.data.metrics)
+                assert "diagnostics.png" in _artifacts(client, child.info.run_id)
         else:
             assert child.info.status in ("KILLED", "FAILED") and child.data.tags[TAG_REASON]
 
