@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
     reproduce.add_argument("--strict", action="store_true", help="exit with code 1 when anything differs")
 
+    from nas.experiments import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub)
+
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the configured store")
     ui.add_argument("--config", help="a config whose tracking store to serve")
     ui.add_argument("--backend-store-uri", help="tracking store (default sqlite:///runs/mlflow.db)")
@@ -219,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nas` console script; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    from nas.experiments import run as _cmd_experiment
+
     commands = {"search": _cmd_search, "front": _cmd_front, "sync": _cmd_sync, "export": _cmd_export,
-                "reproduce": _cmd_reproduce, "ui": _cmd_ui}
+                "reproduce": _cmd_reproduce, "experiment": _cmd_experiment, "ui": _cmd_ui}
     try:
         return commands[args.command](args)
     except GeonasError as exc:
