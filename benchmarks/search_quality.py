@@ -1,0 +1,213 @@
+"""Search quality against random search at equal compute (issue 6, item 1).
+
+For each dataset config, runs of ``--trials`` trials with the config's sampler ("default") and with
+``search.sampler=random``, one run per seed; everything else (pruner, bound check, λ, scale, reference
+point) is the config's, so the compared runs differ in the sampler alone. The hypervolume of each run is
+read from ``SearchOutcome.hypervolume_history`` after the k-th finished trial (k in ``--at``), with the
+mean and spread (population std, min-max) over seeds.
+
+Target: the default reaches the mean hypervolume random search reaches at the last checkpoint (80 trials)
+in at most half as many trials (2x sample efficiency), on every dataset. "Trials to match" is the first k
+at which the seed-mean curve of the default reaches that value (per seed too: the first k at which that
+seed's run reaches it).
+
+Every search gets fresh temporary SQLite stores; one local Ray (parallelism 2) serves the whole process.
+
+Run: ``python -m benchmarks.search_quality [--datasets digits_cnn,digits_resnet,mnist1d_cnn]
+[--trials 80] [--seeds 0,1,2] [--samplers default,random] [--compare-samplers nsga2,gp] [--set key=value]
+[--out FILE.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks._common import ROOT, machine, machine_line, quiet_logs, ray_session, table, temp_folder, write_json
+
+DATASETS = {"digits_cnn": ROOT / "configs" / "digits_cnn.yaml",
+            "digits_resnet": ROOT / "configs" / "digits_resnet.yaml",
+            "mnist1d_cnn": ROOT / "configs" / "mnist1d_cnn.yaml"}
+
+
+# -- one run ---------------------------------------------------------------------------------------------
+def hv_at(history: Sequence[tuple[int, float]], k: int) -> float:
+    """Hypervolume after the k-th finished trial (the last value when fewer finished; 0 before any)."""
+    if not history:
+        return 0.0
+    return float(history[min(k, len(history)) - 1][1])
+
+
+def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str = "",
+            keep_final: bool = False) -> dict[str, Any]:
+    """One search on fresh stores: its hypervolume history, front, compute and (if any) final test."""
+    from nas.config import load_config
+    from nas.search import run_search
+
+    path = DATASETS.get(dataset, Path(dataset))
+    with temp_folder("geonas-quality-") as folder:
+        store = [f"search.storage=sqlite:///{folder / 'optuna.db'}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+                 f"tracking.artifact_location={folder / 'artifacts'}"]
+        final = [] if keep_final else ["search.final_seeds=0"]
+        config = load_config(path, [*store, *final, *overrides])
+        started = time.perf_counter()
+        outcome = run_search(config, executor=executor)
+        wall = time.perf_counter() - started
+    front = [{"trial": p.trial_number, "macs": p.macs, "val_error": p.val_error, "params": p.params,
+              "summary": p.summary, "test": outcome.final_test.get(str(p.trial_number))} for p in outcome.front]
+    r = {"label": label, "dataset": dataset, "overrides": list(overrides), "sampler": config.search.sampler,
+         "seed": config.seed, "n_trials": config.search.n_trials, "reference_point": list(config.search.reference_point),
+         "pruner": config.search.pruner, "bound_check": config.search.bound_check,
+         "history": [[n, hv] for n, hv in outcome.hypervolume_history], "hypervolume": outcome.hypervolume,
+         "epochs": outcome.epochs_trained, "complete": outcome.count("COMPLETE"), "pruned": outcome.count("PRUNED"),
+         "failed": outcome.count("FAIL"), "loop_s": outcome.loop_time, "wall_s": wall,
+         "train_s": outcome.train_time, "front": front, "final_test": outcome.final_test,
+         "epochs_by_trial": {n: rec.epochs for n, rec in outcome.records.items() if rec.dispatched_at},
+         "fail_reasons": _reasons(outcome, "FAIL"), "prune_reasons": _reasons(outcome, "PRUNED")}
+    print(f"  [{label or dataset}] sampler={r['sampler']} seed={r['seed']}: HV {r['hypervolume']:.4f}, "
+          f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
+          f"loop {r['loop_s']:.0f} s; failed {r['fail_reasons']}, pruned {r['prune_reasons']}", flush=True)
+    return r
+
+
+def _reasons(outcome: Any, state: str) -> dict[str, int]:
+    """Counts of the first word of the reasons of trials in `state` (infeasible, diverged, bound, pruner)."""
+    out: dict[str, int] = {}
+    for r in outcome.records.values():
+        if r.state == state:
+            key = (r.reason or "?").split(":", 1)[0]
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+# -- aggregation -----------------------------------------------------------------------------------------
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def fmt(s: dict[str, float]) -> str:
+    return f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]"
+
+
+def mean_curve(runs: Sequence[dict[str, Any]], n: int) -> list[float]:
+    return [statistics.fmean(hv_at(r["history"], k) for r in runs) for k in range(1, n + 1)]
+
+
+def first_reaching(curve: Sequence[float], target: float) -> int | None:
+    for k, v in enumerate(curve, start=1):
+        if v >= target - 1e-12:
+            return k
+    return None
+
+
+def compare(runs: Sequence[dict[str, Any]], at: Sequence[int], baseline: str = "random") -> dict[str, Any]:
+    """Per dataset: HV spread at each checkpoint per sampler, and trials the others need to match the
+    baseline's mean HV at the last checkpoint."""
+    out: dict[str, Any] = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        by_sampler: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            if r["dataset"] == dataset:
+                by_sampler.setdefault(r["label"], []).append(r)
+        last = max(at)
+        entry: dict[str, Any] = {"samplers": {}}
+        for label, rs in by_sampler.items():
+            entry["samplers"][label] = {
+                "seeds": [r["seed"] for r in rs], "sampler": rs[0]["sampler"],
+                "hv": {str(k): spread([hv_at(r["history"], k) for r in rs]) for k in at},
+                "epochs": spread([r["epochs"] for r in rs]), "loop_s": spread([r["loop_s"] for r in rs]),
+                "pruned": spread([r["pruned"] for r in rs]), "failed": spread([r["failed"] for r in rs]),
+                "mean_curve": mean_curve(rs, last)}
+        if baseline in by_sampler:
+            target = entry["samplers"][baseline]["hv"][str(last)]["mean"]
+            entry["baseline_target_hv"] = target
+            for label, rs in by_sampler.items():
+                s = entry["samplers"][label]
+                s["trials_to_match_mean"] = first_reaching(s["mean_curve"], target)
+                s["trials_to_match_per_seed"] = [first_reaching([hv_at(r["history"], k) for k in range(1, last + 1)],
+                                                                target) for r in rs]
+        out[dataset] = entry
+    return out
+
+
+def report(comparison: dict[str, Any], at: Sequence[int], default_label: str = "default") -> str:
+    lines = []
+    last = max(at)
+    for dataset, entry in comparison.items():
+        lines.append(f"\n### {dataset}\n")
+        rows = []
+        for label, s in entry["samplers"].items():
+            match = s.get("trials_to_match_mean")
+            rows.append([label, s["sampler"], ",".join(map(str, s["seeds"])),
+                         *[fmt(s["hv"][str(k)]) for k in at],
+                         f"{s['epochs']['mean']:.0f} ± {s['epochs']['std']:.0f}", f"{s['loop_s']['mean']:.0f}",
+                         "never" if match is None and "trials_to_match_mean" in s else str(match or "-"),
+                         str(s.get("trials_to_match_per_seed", "-"))])
+        lines.append(table(["run", "sampler", "seeds", *[f"HV@{k} mean ± std [min, max]" for k in at],
+                            "epochs", "loop s (mean)", f"trials to random's mean HV@{last}", "per seed"], rows))
+        if "baseline_target_hv" in entry and default_label in entry["samplers"]:
+            m = entry["samplers"][default_label].get("trials_to_match_mean")
+            ok = m is not None and m <= last // 2
+            lines.append(f"\nTarget (default reaches random's mean HV@{last} = {entry['baseline_target_hv']:.4f} "
+                         f"in <= {last // 2} trials): {'MET' if ok else 'NOT MET'} "
+                         f"({'at ' + str(m) if m else 'not within ' + str(last)} trials).")
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="digits_cnn,digits_resnet,mnist1d_cnn",
+                   help="comma-separated: " + ", ".join(DATASETS) + " or config paths")
+    p.add_argument("--trials", type=int, default=80)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--at", default="20,40,80", help="checkpoints (trials) at which the hypervolume is read")
+    p.add_argument("--samplers", default="default,random",
+                   help="'default' (the config's sampler) and/or sampler names; 'random' is the baseline")
+    p.add_argument("--compare-samplers", default="",
+                   help="extra samplers (e.g. nsga2,gp) run on the first dataset only")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every run (repeatable)")
+    p.add_argument("--tag", default="", help="appended to every run's label (e.g. '+pareto' with --set search.mode=pareto)")
+    p.add_argument("--baseline", default="random", help="label of the baseline runs (default: %(default)s)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    quiet_logs()
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    at = sorted({min(int(k), args.trials) for k in args.at.split(",")})
+    datasets = [d for d in args.datasets.split(",") if d]
+    plan: list[tuple[str, str, int]] = []
+    for i, dataset in enumerate(datasets):
+        samplers = [s for s in args.samplers.split(",") if s]
+        if i == 0:
+            samplers += [s for s in args.compare_samplers.split(",") if s and s not in samplers]
+        for sampler in samplers:
+            for seed in seeds:
+                plan.append((dataset, sampler, seed))
+    info = machine()
+    print(f"# search quality: {machine_line(info)}\n# {len(plan)} runs of {args.trials} trials", flush=True)
+    runs = []
+    started = time.perf_counter()
+    with ray_session(session) as ray:
+        ex = ray.executor(2)
+        for dataset, sampler, seed in plan:
+            overrides = [f"seed={seed}", f"search.n_trials={args.trials}", *args.set]
+            if sampler != "default":
+                overrides.append(f"search.sampler={sampler}")
+            runs.append(run_one(dataset, overrides, ex, label=sampler + args.tag))
+    comparison = compare(runs, at, baseline=args.baseline)
+    text = report(comparison, at, default_label="default" + args.tag)
+    print(text)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    data = {"machine": info, "args": vars(args) | {"out": str(args.out)}, "comparison": comparison,
+            "runs": runs, "total_s": time.perf_counter() - started}
+    write_json(args.out, data)
+    return data
+
+
+if __name__ == "__main__":
+    main()
