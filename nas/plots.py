@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -13,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from nas.energy import FrontPoint  # noqa: E402
 
-__all__ = ["front_figure", "profile_png", "hypervolume_figure"]
+__all__ = ["front_figure", "profile_png", "diagnostics_png", "hypervolume_figure"]
 
 
 def front_figure(points: Sequence[FrontPoint], front: Sequence[FrontPoint], title: str = "") -> Figure:
@@ -75,6 +76,84 @@ def profile_png(names: Sequence[str], macs: Sequence[int], title: str = "") -> b
         image.paste(rotated, (x + bar_w // 2 - rotated.width + 6, top + height + 4), rotated)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _font(size: int = 11) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _grouped_bars(draw: Any, origin: tuple[int, int], size: tuple[int, int], labels: Sequence[str],
+                  series: Sequence[Sequence[float]], colors: Sequence[tuple[int, int, int]], title: str,
+                  log: bool) -> None:
+    """Bars of several series per label inside the box at `origin` of `size` (log10 scale if `log`)."""
+    font = _font(11)
+    x0, y0 = origin
+    width, height = size
+    draw.text((x0, y0), title, fill="black", font=font)
+    top, bottom = y0 + 20, y0 + height - 24
+    values = [v for s in series for v in s if v is not None and math.isfinite(v) and (v > 0 or not log)]
+    if not labels or not values:
+        draw.text((x0, top + 10), "not applicable", fill="gray", font=font)
+        return
+    transform = (lambda v: math.log10(v)) if log else (lambda v: v)
+    low = min(0.0, min(transform(v) for v in values))
+    high = max(transform(v) for v in values)
+    span = (high - low) or 1.0
+    left = x0 + 46
+    draw.line([(left - 2, top), (left - 2, bottom), (x0 + width, bottom)], fill="black")
+    for fraction in (0.0, 0.5, 1.0):
+        value = low + fraction * span
+        text = f"1e{value:.1f}" if log else f"{value:.3g}"
+        draw.text((x0, bottom - fraction * (bottom - top) - 6), text, fill="black", font=font)
+    group = (x0 + width - left) / len(labels)
+    bar = max(2.0, group * 0.8 / len(series))
+    for i, label in enumerate(labels):
+        for j, values_j in enumerate(series):
+            value = values_j[i] if i < len(values_j) else None
+            if value is None or not math.isfinite(value) or (log and value <= 0):
+                continue
+            x = left + i * group + j * bar
+            y = bottom - (transform(value) - low) / span * (bottom - top)
+            draw.rectangle([x, y, x + bar - 1, bottom], fill=colors[j])
+        draw.text((left + i * group, bottom + 4), label[:6], fill="black", font=font)
+
+
+def diagnostics_png(init: dict[str, float], trained: dict[str, float], title: str = "") -> bytes:
+    """The geometry of a trial's curve as a PNG drawn with Pillow (one per trained trial, so it must be cheap):
+    trajectory length after each layer (log scale) and the ResNet block ratios r_k, at init and trained,
+    with the scalar diagnostics listed."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from nas.diagnostic_plots import block_ratios, trajectory_profile
+
+    colors = [(31, 119, 180), (214, 39, 40)]
+    image = Image.new("RGB", (900, 330), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(12)
+    draw.text((10, 6), f"{title[:120]}  (blue: init, red: trained)", fill="black", font=font)
+    labels, init_lengths = trajectory_profile(init)
+    trained_labels, trained_lengths = trajectory_profile(trained)
+    labels = labels if len(labels) >= len(trained_labels) else trained_labels
+    _grouped_bars(draw, (10, 30), (430, 220), labels, [init_lengths, trained_lengths], colors,
+                  "trajectory length after each layer", log=True)
+    init_blocks, trained_blocks = block_ratios(init), block_ratios(trained)
+    blocks = [str(k) for k in range(max(len(init_blocks), len(trained_blocks)))]
+    _grouped_bars(draw, (470, 30), (420, 220), blocks, [init_blocks, trained_blocks], colors,
+                  "block ratio r_k = |F_k(x)| / |x|", log=False)
+    keys = ("balance_entropy", "balance_max_share", "traj_growth_mean", "line_shape", "jacobian_msv")
+    line = "   ".join(f"{k}: {init.get(k, math.nan):.3g} -> {trained.get(k, math.nan):.3g}" for k in keys
+                      if k in init or k in trained)
+    draw.text((10, 290), line, fill="black", font=_font(11))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
