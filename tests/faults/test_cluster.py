@@ -61,9 +61,14 @@ def test_ray_job_submit_runs_a_search_on_a_started_cluster(tmp_path):
     # Ray 2.60 clusters require a token (kept in ~/.ray/auth_token); the job CLI must be told to send it.
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    # Every port of its own: the test session's cluster already holds Ray's default agent ports (52365...),
+    # and a job agent that cannot bind leaves `ray job submit` answering "No available agent".
+    agent_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port")]
     start = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-                            "--temp-dir", str(temp), "--disable-usage-stats"],
+                            "--temp-dir", str(temp), "--disable-usage-stats", *agent_ports],
                            env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
