@@ -25,6 +25,7 @@ from nas.lock import StudyLock
 from nas.provenance import environment
 from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
                        trial_attrs)
+from nas.sync import profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
 from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
                            total_params)
@@ -341,10 +342,7 @@ class _Search:
         self.tracker.log_dict(number, arch.to_dict(), "architecture.json")
 
     def _log_profile(self, number: int, arch: Architecture, costs: list[Any]) -> None:
-        profile = [{"name": c.name, "kind": c.kind, "output_shape": list(c.output_shape), "macs": c.macs,
-                    "params": c.params} for c in costs]
-        self.tracker.log_dict(number, {"arch_id": arch.arch_id, "E_comp": total_macs(costs), "layers": profile},
-                              "complexity_profile.json")
+        self.tracker.log_dict(number, profile_json(arch, costs), "complexity_profile.json")
         names = [c.name for c in costs if c.kind in ("conv", "linear")]
         macs = [c.macs for c in costs if c.kind in ("conv", "linear")]
         title = f"trial {number}: {arch.summary()}"

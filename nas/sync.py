@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.energy import FrontPoint, hypervolume, pareto_front
 from nas.study import ATTR, front_points, trial_attrs
-from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL
+from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, log_bytes
 
 __all__ = ["sync_study", "find_runs", "run_status", "SyncReport"]
 
@@ -190,11 +190,8 @@ def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial,
         from nas.plots import profile_png
 
         layers = [c for c in costs if c.kind in ("conv", "linear")]
-        png = profile_png([c.name for c in layers], [c.macs for c in layers], f"trial {trial.number}: {arch.summary()}")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "complexity_profile.png"
-            path.write_bytes(png)
-            client.log_artifact(run_id, str(path))
+        log_bytes(client, run_id, profile_png([c.name for c in layers], [c.macs for c in layers],
+                                              f"trial {trial.number}: {arch.summary()}"), "complexity_profile.png")
     return True
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Hashable, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-__all__ = ["Tracker", "experiment_id", "client_for", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
+__all__ = ["Tracker", "experiment_id", "client_for", "log_bytes", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
            "TAG_REASON", "TAG_KIND"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,15 @@ def client_for(uri: str) -> MlflowClient:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         _fast_sqlite_commits()
     return MlflowClient(tracking_uri=uri)
+
+
+def log_bytes(client: MlflowClient, run_id: str, data: bytes, artifact_file: str) -> None:
+    """Log `data` as the artifact `artifact_file` (a path inside the run's artifacts) of run `run_id`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_bytes(data)
+        folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
+        client.log_artifact(run_id, str(path), folder)
 
 
 _SQLITE_LISTENING = False
@@ -319,14 +328,8 @@ class Tracker:
     def log_png(self, key: Hashable, make_png: Callable[[], bytes], artifact_file: str) -> None:
         """Render PNG bytes on the writer thread and log them as `artifact_file`."""
 
-        def write() -> None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / Path(artifact_file).name
-                path.write_bytes(make_png())
-                folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-                self.client.log_artifact(self._run_id(key), str(path), folder)
-
-        self._submit(f"{artifact_file} of {key}", write)
+        self._submit(f"{artifact_file} of {key}",
+                     lambda: log_bytes(self.client, self._run_id(key), make_png(), artifact_file))
 
     def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None]) -> None:
         """Queue any other write: `fn(client, run_id_of)` runs on the writer thread in order."""
