@@ -193,7 +193,7 @@ class Tracker:
                     if self._stopped.wait(delay):
                         self.failed_writes.append(f"MLflow write '{op.name}' dropped at shutdown")
                         break
-                    delay = min(delay * 2, 15.0)
+                    delay = min(delay * 2, 5.0)  # short: a server that is back is used within seconds
             self._queue.task_done()
 
     def _submit(self, name: str, fn: Callable[[], None]) -> None:

@@ -120,7 +120,11 @@ def test_killed_driver_resumes_the_study_without_losing_or_duplicating_trials(pg
 def test_tracking_server_down_for_part_of_the_search_loses_no_record(pg_database, ray_executor, tmp_path):
     server = MlflowServer(pg_database("mlflow"), tmp_path / "mlflow-artifacts").start()
     storage = pg_database("optuna")
-    config = config_from_dict(_config("outage", storage, server.url, tmp_path, n_trials=5))
+    data = _config("outage", storage, server.url, tmp_path, n_trials=5)
+    # The search may end before the server is back (restarting it takes tens of seconds on a loaded
+    # machine): the driver then waits for the queued writes up to flush_timeout.
+    data["tracking"]["flush_timeout"] = 300
+    config = config_from_dict(data)
     outage: list[float] = []
 
     def take_the_server_down() -> None:
