@@ -29,21 +29,26 @@ def _finished_states(storage: str, name: str) -> list[TrialState]:
     return [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
 
 
-def test_worker_killed_mid_trial_is_retried_and_completes(stores, ray_executor):
+def test_worker_killed_mid_trial_is_retried_and_completes(stores, ray_cluster, ray_executor):
     config = tiny_config(stores, name="killed-worker", train=SLOW,
                          search={**EVERY_TRIAL_TRAINS, "n_trials": 4, "storage": stores["storage"]})
+    raylet = ray_cluster.head_node.all_processes["raylet"][0].process.pid
     killed: list[int] = []
 
+    def ours() -> list[int]:
+        # Trial workers of this session's cluster only: other Rays on the machine run trials too.
+        return [p for p in trial_worker_pids() if descends_from(p, raylet)]
+
     def kill_one_worker() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            pids = trial_worker_pids()
-            if pids:
-                time.sleep(1.0)  # let it get well into its epochs
-                if pids[0] in trial_worker_pids():
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-            time.sleep(0.1)
+            running = ours()
+            if running:
+                time.sleep(0.5)  # let it get into its epochs
+                if running[0] in ours():
+                    os.kill(running[0], signal.SIGKILL)
+                    killed.append(running[0])
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
