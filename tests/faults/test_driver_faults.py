@@ -104,7 +104,11 @@ def test_killed_driver_resumes_the_study_without_losing_or_duplicating_trials(pg
     assert all(t.state == TrialState.FAIL and trial_attrs(t)["reason"].startswith("driver died") for t in requeued)
     # ... and their architectures ran again as new trials
     rerun = {t.user_attrs["requeued_from"]: t.params for t in trials if "requeued_from" in t.user_attrs}
-    assert rerun == running
+    # (a driver killed while sampling leaves a trial with part of its parameters: those parts are fixed in
+    # the rerun, the rest sampled anew; a trial killed before its first parameter has nothing to requeue)
+    assert set(rerun) == {n for n, params in running.items() if params}
+    for number, params in rerun.items():
+        assert params.items() >= running[number].items()
     # completed trials were kept, and the study has exactly the budget of finished trials
     assert completed <= {t.number for t in counted if t.state == TrialState.COMPLETE}
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
