@@ -229,6 +229,8 @@ class Tracker:
                   parent: Hashable | None = None, existing_run_id: str | None = None) -> None:
         """Create (or, with `existing_run_id`, reopen) the run of `key`, with tags and params."""
 
+        tried = []
+
         def create() -> None:
             all_tags = {k: str(v) for k, v in tags.items()}
             if parent is not None:
@@ -237,7 +239,11 @@ class Tracker:
                 run_id = existing_run_id
                 self.client.update_run(run_id, status="RUNNING")
             else:
-                run_id = self.client.create_run(self._exp(), tags=all_tags, run_name=run_name).info.run_id
+                # A retried create may follow one that the server carried out but answered too late: look for
+                # that run first, so that a slow server never gets two runs for one trial.
+                found = self._find_created(all_tags) if tried else None
+                tried.append(True)
+                run_id = found or self.client.create_run(self._exp(), tags=all_tags, run_name=run_name).info.run_id
             with self._lock:
                 self._run_ids[key] = run_id
             param_list = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
@@ -247,6 +253,14 @@ class Tracker:
                 self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()], synchronous=True)
 
         self._submit(f"start run {key}", create)
+
+    def _find_created(self, tags: Mapping[str, str]) -> str | None:
+        if TAG_TRIAL not in tags or TAG_STUDY not in tags:
+            return None
+        runs = self.client.search_runs([self._exp()], max_results=1, filter_string=(
+            f"tags.`{TAG_STUDY}` = '{tags[TAG_STUDY]}' and tags.`{TAG_TRIAL}` = '{tags[TAG_TRIAL]}' and "
+            f"tags.`{TAG_KIND}` = '{tags.get(TAG_KIND, 'trial')}'"))
+        return runs[0].info.run_id if runs else None
 
     def log_metrics(self, key: Hashable, metrics: Mapping[str, float], step: int, flush: bool = False) -> None:
         """Buffer metrics of `key` at `step`; they are written in one batch at the next flush of that run."""
