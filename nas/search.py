@@ -224,7 +224,7 @@ class _Search:
             stored[ATTR.DUPLICATE_OF] = source
             trial.set_user_attr(RECORD, stored)
             self.tracker.set_tags(trial.number, {"duplicate_of": source})
-            self._finish_complete(trial, result)
+            self._finish_complete(trial, {**result, "wall_time": 0.0})  # reused: no training happened
             return
         trial.set_user_attr(RECORD, stored)
         if self.search.mode == "scalar" and self.search.bound_check and bound_excludes(
