@@ -10,7 +10,7 @@ import pytest
 from nas.config import DataConfig
 from nas.data import load_dataset
 from search_spaces import Architecture
-from workers import TrainConfig, TrainingDiverged, train_to_fixed_point
+from workers import TrainConfig, TrainingDiverged, chance_loss, train_to_fixed_point
 
 SMALL_CNN = {"space": "cnn", "channels": [16, 32], "kernel_sizes": [3, 3], "activation": "relu", "batch_norm": True,
              "downsample": "stride", "downsample_every": 1, "head": "global_pool"}
@@ -46,6 +46,28 @@ def test_plateau_with_moving_weights_reduces_the_step_until_the_update_vanishes(
     assert result.final_lr <= cfg.lr * cfg.lr_factor  # reduced at least once
     lrs = [h["lr"] for h in result.history]
     assert lrs == sorted(lrs, reverse=True)  # the step only ever shrinks
+
+
+SIGMOID_4 = {"space": "cnn", "channels": [16] * 4, "kernel_sizes": [3] * 4, "activation": "sigmoid",
+             "batch_norm": False, "downsample": "none", "downsample_every": 1, "head": "flatten"}
+
+
+def test_chance_loss_is_the_entropy_of_the_class_frequencies():
+    assert chance_loss(np.array([0, 1, 2, 3] * 5), 4) == pytest.approx(np.log(4))
+    assert chance_loss(np.array([0, 0, 0, 1]), 3) == pytest.approx(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+
+
+def test_a_plateau_at_chance_is_not_a_fixed_point(digits):
+    # A depth-4 sigmoid CNN without normalization sits at chance (10%) with a tiny update for tens of epochs
+    # (it leaves it near epoch 50 with the default settings, see docs/SEARCH.md). Without the guard the rule
+    # reads that plateau as a fixed point within a few epochs; with it the run goes on, at the same step.
+    arch = Architecture.from_dict(SIGMOID_4)
+    unguarded = train_to_fixed_point(arch, digits, TrainConfig(max_epochs=12, chance_tol=0.0), seed=0)
+    assert unguarded.fixed_point_reached and unguarded.epochs < 12 and unguarded.val_error > 0.85
+    guarded = train_to_fixed_point(arch, digits, TrainConfig(max_epochs=12), seed=0)
+    assert not guarded.fixed_point_reached and guarded.epochs == 12
+    assert {h["lr"] for h in guarded.history} == {TrainConfig().lr}  # no step cut while at chance
+    assert guarded.history[:unguarded.epochs] == unguarded.history  # the same run up to the unguarded stop
 
 
 def test_max_epochs_caps_a_run_without_a_fixed_point(digits):
