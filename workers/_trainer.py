@@ -281,6 +281,11 @@ def fit_steps(
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        # The determinism promise (same trial, same machine, same numbers) holds on a GPU only with cuDNN's
+        # deterministic kernels and without its autotuner, which may pick different kernels per run.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     model = model.to(device)
     x_train = torch.as_tensor(data.x_train, device=device)
     y_train = torch.as_tensor(data.y_train, device=device)
