@@ -118,16 +118,19 @@ def _cmd_front(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
         raise GeonasError(f"no study storage at {storage}: run a search first or pass --storage")
+    from nas.study import make_storage
+
+    storage_object = make_storage(storage)
     if study_name is None:
-        names = optuna.get_all_study_names(storage)
+        names = optuna.get_all_study_names(storage_object)
         if len(names) != 1:
             raise GeonasError(f"--study is required: the storage {mask_secrets(storage)} holds "
                               f"{len(names)} studies {names}")
         study_name = names[0]
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage_object)
     except KeyError:
-        names = optuna.get_all_study_names(storage)
+        names = optuna.get_all_study_names(storage_object)
         raise GeonasError(f"no study named {study_name!r} in {mask_secrets(storage)}; studies there: {names}") from None
     from nas.energy import hypervolume
 
@@ -147,7 +150,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     from nas.config import load_config
     from nas.lock import StudyLock
-    from nas.study import storage_url
+    from nas.study import make_storage, storage_url
     from nas.sync import sync_study
     from nas.tracking import client_for, experiment_id
 
@@ -155,7 +158,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     url = storage_url(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=config.study_name, storage=url)
+        study = optuna.load_study(study_name=config.study_name, storage=make_storage(url))
     except KeyError:
         raise GeonasError(f"no study named {config.study_name!r} in the storage of {args.config}") from None
     # A live driver writes the same runs: syncing beside it could create a run twice.

@@ -123,8 +123,10 @@ class SearchConfig:
                f"{list(self.reference_point)}")
         _check(self.final_seeds >= 0, "search.final_seeds", f"must be >= 0, but got {self.final_seeds}")
         _check(bool(self.storage), "search.storage", "must be a storage URL such as sqlite:///runs/optuna.db")
-        _check(self.storage.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"),
-               "search.storage", f"must be a sqlite://, postgresql:// or mysql:// URL, but got {mask_secrets(self.storage)!r}")
+        scheme = self.storage.split(":", 1)[0]
+        _check(scheme == "journal+postgresql" or scheme.split("+", 1)[0] in ("sqlite", "postgresql", "mysql"),
+               "search.storage", f"must be a sqlite://, postgresql://, journal+postgresql:// or mysql:// URL, but got "
+               f"{mask_secrets(self.storage)!r}")
 
 
 @dataclass(frozen=True)

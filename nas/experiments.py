@@ -773,10 +773,10 @@ def _cnn_arm(context: Context, condition: _Condition, dataset: "Dataset", train:
 def _stored_arch(config: "Config", trial_number: int) -> Any:
     import optuna
 
-    from nas.study import ATTR, storage_url, trial_attrs
+    from nas.study import ATTR, make_storage, storage_url, trial_attrs
     from search_spaces import Architecture
 
-    study = optuna.load_study(study_name=config.study_name, storage=storage_url(config))
+    study = optuna.load_study(study_name=config.study_name, storage=make_storage(storage_url(config)))
     return Architecture.from_dict(trial_attrs(study.trials[trial_number])[ATTR.ARCH])
 
 

@@ -55,7 +55,7 @@ class StudyLock:
         """Take the lock, or raise `StudyInUseError` naming who holds it."""
         if self.storage.startswith("sqlite:///"):
             self._acquire_file(Path(self.storage[len("sqlite:///"):]))
-        elif self.storage.startswith("postgresql"):
+        elif self.storage.startswith(("postgresql", "journal+postgresql")):
             self._acquire_postgres()
         else:
             log.warning("no driver lock for %s storage: make sure one driver at a time runs study %r",
@@ -93,7 +93,9 @@ class StudyLock:
     def _acquire_postgres(self) -> None:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(self.storage, poolclass=sqlalchemy.pool.NullPool)
+        from nas.journal import libpq_url
+
+        engine = sqlalchemy.create_engine(libpq_url(self.storage), poolclass=sqlalchemy.pool.NullPool)
         connection = engine.connect()
         key = _lock_key(self.study_name)
         got = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.config import Config, expand_env, mask_secrets
 from nas.energy import FrontPoint, pareto_front
 from nas.errors import ConfigError
+from nas.journal import PostgresJournalBackend, is_journal_url
 
 __all__ = ["trial_attrs", "RECORD", "RESULT", "derive_seed", "make_sampler", "make_pruner", "open_study", "storage_url", "front_points",
            "FINISHED_STATES", "ATTR"]
@@ -107,12 +108,15 @@ def storage_url(config: Config) -> str:
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """An Optuna storage for `url`; SQLite in WAL mode with ``synchronous=NORMAL``.
+    """An Optuna storage for `url`: SQLite in WAL mode with ``synchronous=NORMAL``; Optuna's journal in one
+    PostgreSQL table for ``journal+postgresql://`` (`nas.journal`); other URLs as Optuna opens them.
 
     SQLite's default journal syncs the disk on every commit (several ms each), and a trial takes about a
     dozen commits; in WAL mode a commit is a fraction of a millisecond, readers (``nas front`` during a
     search) do not block the writer, and a crash loses at most the last commits, never the file.
     """
+    if is_journal_url(url):
+        return optuna.storages.JournalStorage(PostgresJournalBackend(url))
     if not url.startswith("sqlite:"):
         return url
     import sqlalchemy

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,39 @@ def stores(tmp_path: Path) -> dict[str, str]:
         "tracking": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "artifacts": str(tmp_path / "artifacts"),
     }
+
+
+PG_ADMIN_URL = os.environ.get("GEONAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_engine():
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[Callable[[str], str]]:
+    """A factory of fresh PostgreSQL databases on the real server (dropped at the end of the session)."""
+    import sqlalchemy
+
+    engine = _pg_engine()
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({type(exc).__name__}); set GEONAS_TEST_PG")
+    created: list[str] = []
+
+    def make(prefix: str) -> str:
+        name = f"geonas_{prefix}_{uuid.uuid4().hex[:8]}"
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+    with engine.connect() as connection:
+        for name in created:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()

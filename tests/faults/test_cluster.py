@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from nas.config import load_config
 from nas.search import run_search
+from nas.study import make_storage
 from tests.faults.conftest import free_port, wait_for
 from tests.nas.test_search import TINY_SPACE
 
@@ -24,11 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "pa55-w0rd-that-must-not-leak"
 
 
-def test_storage_password_from_the_environment_is_never_logged(pg_database, ray_executor, tmp_path, monkeypatch,
-                                                               caplog):
+@pytest.mark.parametrize("storage_format", ["postgresql", "journal+postgresql"])
+def test_storage_password_from_the_environment_is_never_logged(storage_format, pg_database, ray_executor, tmp_path,
+                                                               monkeypatch, caplog):
     # The server trusts local connections, so any password works: what matters is where it ends up.
     monkeypatch.setenv("GEONAS_TEST_PG_PASSWORD", SECRET)
-    url = pg_database("secret").replace("postgresql://postgres@", "postgresql://postgres:${GEONAS_TEST_PG_PASSWORD}@")
+    url = pg_database("secret").replace("postgresql://postgres@",
+                                        f"{storage_format}://postgres:${{GEONAS_TEST_PG_PASSWORD}}@")
     config_path = tmp_path / "secret.yaml"
     config_path.write_text(yaml.safe_dump({
         "name": "secret", "data": {"dataset": "digits"}, "space": TINY_SPACE, "train": {"max_epochs": 3},
@@ -46,7 +49,8 @@ def test_storage_password_from_the_environment_is_never_logged(pg_database, ray_
         for artifact in client.list_artifacts(run.info.run_id):
             if artifact.path.endswith((".yaml", ".json", ".md")):
                 texts.append(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
-    study = optuna.load_study(study_name="secret", storage=url.replace("${GEONAS_TEST_PG_PASSWORD}", SECRET))
+    study = optuna.load_study(study_name="secret",
+                              storage=make_storage(url.replace("${GEONAS_TEST_PG_PASSWORD}", SECRET)))
     texts += [str(v) for v in study.user_attrs.values()]
     texts.append(caplog.text)
     assert texts and not [t for t in texts if SECRET in t]  # nowhere: params, tags, artifacts, storage attrs, logs
