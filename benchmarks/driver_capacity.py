@@ -9,7 +9,8 @@ so the driver is the bottleneck. Two figures per storage:
 * driver CPU per trial: CPU seconds of the driver process (its threads included: the tracking writer)
   per trial; 1 / that is what one driver could feed if workers were free.
 
-Run: ``python -m benchmarks.driver_capacity [--trials 200] [--pg postgresql://postgres@127.0.0.1:5432/test]``
+Run: ``python -m benchmarks.driver_capacity [--trials 200] [--pg postgresql://postgres@127.0.0.1:5432/test]
+[--storages sqlite,postgresql,journal,journal-async] [--samplers random,tpe]``
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import temp_folder
+from benchmarks._common import machine, machine_line, temp_folder
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -59,14 +60,25 @@ def _pg_database(admin_url: str) -> tuple[str, Any]:
     return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
 
 
-def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str) -> dict[str, Any]:
+# The storages compared: SQLite, PostgreSQL through Optuna's RDB tables, Optuna's journal in one PostgreSQL table
+# (nas/journal.py), and that journal with asynchronous commits (PostgreSQL's synchronous_commit=off for the
+# driver's session: a crash of the database server can lose the last few hundred milliseconds of records).
+STORAGE_FORMATS = {
+    "postgresql": lambda url: url,
+    "journal": lambda url: "journal+" + url,
+    "journal-async": lambda url: "journal+" + url + "?options=-csynchronous_commit%3Doff",
+}
+
+
+def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str,
+            label: str) -> dict[str, Any]:
     from nas.search import run_search
 
     config = _config(storage, folder, n_trials, sampler, name)
     cpu_before = time.process_time()
     outcome = run_search(config, executor=executor)
     cpu = time.process_time() - cpu_before
-    return {"storage": storage.split(":", 1)[0].split("+")[0], "sampler": sampler, "trials": n_trials,
+    return {"storage": label, "sampler": sampler, "trials": n_trials,
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
             "driver_cpu_ms_per_trial": round(1000 * cpu / n_trials, 1),
             "driver_capacity_per_s": round(n_trials / cpu, 1)}
@@ -77,6 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--pg", default=os.environ.get("GEONAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--samplers", default="random,tpe")
+    parser.add_argument("--storages", default="sqlite,postgresql,journal,journal-async",
+                        help="comma-separated: sqlite, " + ", ".join(STORAGE_FORMATS))
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -87,17 +101,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     try:
         for sampler in args.samplers.split(","):
-            with temp_folder() as folder:
-                rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler, executor,
-                                    f"capacity-sqlite-{sampler}"))
-            with temp_folder() as folder:
-                url, drop = _pg_database(args.pg)
-                try:
-                    rows.append(measure(url, folder, args.trials, sampler, executor, f"capacity-pg-{sampler}"))
-                finally:
-                    drop()
+            for storage in args.storages.split(","):
+                with temp_folder() as folder:
+                    if storage == "sqlite":
+                        rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler,
+                                            executor, f"capacity-sqlite-{sampler}", storage))
+                        continue
+                    url, drop = _pg_database(args.pg)
+                    try:
+                        rows.append(measure(STORAGE_FORMATS[storage](url), folder, args.trials, sampler, executor,
+                                            f"capacity-{storage}-{sampler}", storage))
+                    finally:
+                        drop()
     finally:
         executor.shutdown()
+    print(machine_line(machine()))
     print("| storage | sampler | trials | loop s | trials/s end to end | driver CPU ms/trial | driver capacity trials/s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
