@@ -6,6 +6,8 @@ so the driver is the bottleneck. Two figures per storage:
 
 * trials/s end to end: n_trials / the search loop's wall time (everything: Optuna storage writes, Ray
   dispatch and result, MLflow tracking queue, the workers' epoch);
+* trials/s tracked: n_trials / (the loop + the time after it until the last MLflow write is done): the
+  rate at which trials are asked, dispatched, told and tracked, start-up excluded;
 * trials/s whole run: n_trials / the whole `run_search` (Ray connection, stores opened, the loop, and the
   MLflow queue drained to the last record: nothing is left to write when it returns);
 * driver CPU per trial: CPU seconds of the driver process over the whole run (its threads included: the
@@ -84,6 +86,10 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
     return {"storage": label, "sampler": sampler, "trials": n_trials,
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
             "whole_run_s": round(wall, 2), "trials_per_s_whole_run": round(n_trials / wall, 1),
+            "drain_s": round(outcome.drain_time, 2),
+            "trials_per_s_tracked": round(n_trials / (outcome.loop_time + outcome.drain_time), 1),
+            "tracking_ms_per_trial": {k: round(1000 * v[1] / n_trials, 2) for k, v in
+                                      sorted(outcome.tracking_seconds.items(), key=lambda kv: -kv[1][1])},
             "driver_cpu_ms_per_trial": round(1000 * cpu / n_trials, 1),
             "driver_capacity_per_s": round(n_trials / cpu, 1)}
 
@@ -120,13 +126,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     finally:
         executor.shutdown()
     print(machine_line(machine()))
-    print("| storage | sampler | trials | loop s | trials/s (loop) | whole run s | trials/s (whole run) | "
-          "driver process CPU ms/trial | 1 / that |")
+    print("| storage | sampler | trials | loop s | trials/s (loop) | MLflow drain after the loop s | "
+          "trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['storage']} | {r['sampler']} | {r['trials']} | {r['loop_s']} | {r['trials_per_s']} | "
-              f"{r['whole_run_s']} | {r['trials_per_s_whole_run']} | {r['driver_cpu_ms_per_trial']} | "
-              f"{r['driver_capacity_per_s']} |")
+              f"{r['drain_s']} | {r['trials_per_s_tracked']} | {r['whole_run_s']} | {r['driver_cpu_ms_per_trial']} |")
+    print("\nMLflow writer, ms per trial by kind of write (first row of each storage):")
+    seen = set()
+    for r in rows:
+        if r["storage"] in seen:
+            continue
+        seen.add(r["storage"])
+        top = ", ".join(f"{k} {v}" for k, v in list(r["tracking_ms_per_trial"].items())[:8])
+        print(f"- {r['storage']} ({r['sampler']}): total {sum(r['tracking_ms_per_trial'].values()):.1f}: {top}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return rows

@@ -34,6 +34,7 @@ from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
 __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 
 FRONT_REFRESH_SECONDS = 30.0
+TRACKING_DELAY = 2.0  # seconds the per-epoch and per-trial metrics may wait to be written in one batch
 EPOCH_PREFIX = "epoch/"
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class SearchOutcome:
     parent_run_id: str | None
     hypervolume_history: list[tuple[int, float]] = field(default_factory=list)
     loop_time: float = 0.0  # seconds of the ask/train/tell loop, without start-up and the final report
+    # seconds from the end of the loop until the last MLflow write was done (the final report included), and
+    # the MLflow writer's seconds per kind of write: how far tracking lags behind the loop
+    drain_time: float = 0.0
+    tracking_seconds: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def epochs_trained(self) -> int:
@@ -252,7 +257,8 @@ class _Search:
 
     def _on_report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         # Per-epoch curves live under "epoch/" so they never mix with the final metrics of the same name.
-        self.tracker.log_metrics(trial.number, {f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
+        self.tracker.log_metrics(trial.number, {f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch,
+                                 max_delay=TRACKING_DELAY)
         self.reports[trial.number].append(metrics)
         if self.search.mode != "scalar" or self.search.pruner == "none":
             return  # nothing would read the intermediate value: spare the storage a write per epoch
@@ -326,7 +332,8 @@ class _Search:
         metrics = {"hypervolume": hv, "front_size": float(len(self.front)), "trials_finished": float(self.finished)}
         if self.best_f is not None:
             metrics["best_F"] = self.best_f
-        self.tracker.log_metrics(PARENT, metrics, step=number, flush=True)
+        # Written at most every TRACKING_DELAY seconds: one batch per trial would cost the writer a round trip each.
+        self.tracker.log_metrics(PARENT, metrics, step=number, max_delay=TRACKING_DELAY)
         if record.state == "COMPLETE":
             self._log_front(force=False)
         if self.on_progress is not None:
@@ -554,6 +561,7 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
                                   "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}},
                          "environment.json")
         search.run()
+        loop_done = time.perf_counter()
         final = search.final_report()
         hv_steps = [s for s, _ in search.hv_history]
         hv_values = [v for _, v in search.hv_history]
@@ -570,11 +578,13 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
             log.warning("%d MLflow writes are still queued (is the tracking server at %s up?); the Optuna storage "
                         "keeps every record: run `nas sync CONFIG` to rebuild the MLflow runs", tracker.backlog,
                         mask_secrets(config.tracking.uri))
+        drain_time = time.perf_counter() - loop_done
         return SearchOutcome(
             study_name=config.study_name, records=search.records, points=search.points, front=search.front,
             hypervolume=search.hypervolume(), best_f=search.best_f, final_test=final,
             wall_time=time.perf_counter() - started, parent_run_id=tracker.run_id(PARENT),
-            hypervolume_history=search.hv_history, loop_time=search.loop_time)
+            hypervolume_history=search.hv_history, loop_time=search.loop_time, drain_time=drain_time,
+            tracking_seconds={k: list(v) for k, v in tracker.write_seconds.items()})
     finally:
         tracker.close(timeout=0 if tracker.backlog else 10)
         if own_executor and executor is not None:

@@ -146,10 +146,17 @@ class Tracker:
         self.retry_for = retry_for
         self._experiment_id: str | None = None
         self._run_ids: dict[Hashable, str] = {}
+        # The artifact store of each run this tracker created (from create_run's answer): writing through it
+        # spares MLflow's client a get_run per run to find where the artifacts go.
+        self._artifact_repos: dict[str, Any] = {}
+        self._pending_since: dict[Hashable, float] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._pending = _Pending()
         self.failed_writes: list[str] = []
+        # Seconds the writer spent per kind of write ("start run", "metrics of", "complexity_profile.png of", ...)
+        # and how many: where a search's tracking time goes (benchmarks/driver_capacity.py prints it).
+        self.write_seconds: dict[str, list[float]] = {}
         self._down_since = 0.0
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._work, name="geonas-tracking", daemon=True)
@@ -194,6 +201,9 @@ class Tracker:
                         self.failed_writes.append(f"MLflow write '{op.name}' dropped at shutdown")
                         break
                     delay = min(delay * 2, 5.0)  # short: a server that is back is used within seconds
+            kind = self.write_seconds.setdefault(op.name.rsplit(" ", 1)[0], [0, 0.0])
+            kind[0] += 1
+            kind[1] += time.monotonic() - started
             self._queue.task_done()
 
     def _submit(self, name: str, fn: Callable[[], None]) -> None:
@@ -243,7 +253,12 @@ class Tracker:
                 # that run first, so that a slow server never gets two runs for one trial.
                 found = self._find_created(all_tags) if tried else None
                 tried.append(True)
-                run_id = found or self.client.create_run(self._exp(), tags=all_tags, run_name=run_name).info.run_id
+                if found:
+                    run_id = found
+                else:
+                    run = self.client.create_run(self._exp(), tags=all_tags, run_name=run_name)
+                    run_id = run.info.run_id
+                    self._remember_artifact_store(run_id, run.info.artifact_uri)
             with self._lock:
                 self._run_ids[key] = run_id
             param_list = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
@@ -254,6 +269,26 @@ class Tracker:
 
         self._submit(f"start run {key}", create)
 
+    def _remember_artifact_store(self, run_id: str, artifact_uri: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            self._artifact_repos[run_id] = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+        except Exception:  # noqa: BLE001 - an unusual store: MLflow's client finds it per write instead
+            pass
+
+    def _log_artifact_bytes(self, key: Hashable, data: bytes, artifact_file: str) -> None:
+        run_id = self._run_id(key)
+        repo = self._artifact_repos.get(run_id)
+        if repo is None:
+            log_bytes(self.client, run_id, data, artifact_file)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
+            repo.log_artifact(str(path), folder)
+
     def _find_created(self, tags: Mapping[str, str]) -> str | None:
         if TAG_TRIAL not in tags or TAG_STUDY not in tags:
             return None
@@ -262,15 +297,19 @@ class Tracker:
             f"tags.`{TAG_KIND}` = '{tags.get(TAG_KIND, 'trial')}'"))
         return runs[0].info.run_id if runs else None
 
-    def log_metrics(self, key: Hashable, metrics: Mapping[str, float], step: int, flush: bool = False) -> None:
-        """Buffer metrics of `key` at `step`; they are written in one batch at the next flush of that run."""
+    def log_metrics(self, key: Hashable, metrics: Mapping[str, float], step: int, flush: bool = False,
+                    max_delay: float | None = None) -> None:
+        """Buffer metrics of `key` at `step`; they are written in one batch at the next flush of that run
+        (`flush`: now; `max_delay`: once the oldest buffered metric of the run is that many seconds old)."""
         now = int(time.time() * 1000)
         batch = self._pending.metrics.setdefault(key, [])
+        since = self._pending_since.setdefault(key, time.monotonic())
         batch.extend(Metric(name, float(value), now, int(step)) for name, value in metrics.items())
-        if flush or len(batch) >= BATCH:
+        if flush or len(batch) >= BATCH or (max_delay is not None and time.monotonic() - since >= max_delay):
             self.flush_metrics(key)
 
     def flush_metrics(self, key: Hashable) -> None:
+        self._pending_since.pop(key, None)
         batch = self._pending.metrics.pop(key, [])
         if not batch:
             return
@@ -287,12 +326,11 @@ class Tracker:
         self._submit(f"tags of {key}", lambda: self.client.log_batch(self._run_id(key), tags=items, synchronous=True))
 
     def log_dict(self, key: Hashable, data: Any, artifact_file: str) -> None:
-        text = json.dumps(data, indent=2, sort_keys=True, default=str)
-        self._submit(f"{artifact_file} of {key}",
-                     lambda: self.client.log_text(self._run_id(key), text, artifact_file))
+        self.log_text(key, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
     def log_text(self, key: Hashable, text: str, artifact_file: str) -> None:
-        self._submit(f"{artifact_file} of {key}", lambda: self.client.log_text(self._run_id(key), text, artifact_file))
+        data = text.encode("utf-8")
+        self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, data, artifact_file))
 
     def log_figure(self, key: Hashable, make_figure: Callable[[], Any], artifact_file: str) -> None:
         """Render a matplotlib figure on the writer thread (off the driver's path) and log it as PNG."""
@@ -305,8 +343,7 @@ class Tracker:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / Path(artifact_file).name
                     fig.savefig(path)
-                    folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-                    self.client.log_artifact(self._run_id(key), str(path), folder)
+                    self._log_artifact_bytes(key, path.read_bytes(), artifact_file)
             finally:
                 close(fig)
 
@@ -342,8 +379,7 @@ class Tracker:
     def log_png(self, key: Hashable, make_png: Callable[[], bytes], artifact_file: str) -> None:
         """Render PNG bytes on the writer thread and log them as `artifact_file`."""
 
-        self._submit(f"{artifact_file} of {key}",
-                     lambda: log_bytes(self.client, self._run_id(key), make_png(), artifact_file))
+        self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, make_png(), artifact_file))
 
     def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None]) -> None:
         """Queue any other write: `fn(client, run_id_of)` runs on the writer thread in order."""
@@ -351,13 +387,29 @@ class Tracker:
 
     def end_run(self, key: Hashable, status: str, metrics: Mapping[str, float] | None = None,
                 tags: Mapping[str, Any] | None = None, step: int = 0) -> None:
-        """Write the final metrics and tags of `key` with its buffered metrics, then end it with `status`."""
+        """Write the final metrics and tags of `key` with its buffered metrics, then end it with `status`:
+        one batch and one status change (a retry after a failed status change does not log the batch twice)."""
         if metrics:
             self.log_metrics(key, metrics, step)
-        self.flush_metrics(key)
-        if tags:
-            self.set_tags(key, tags)
-        self._submit(f"end run {key}", lambda: self.client.set_terminated(self._run_id(key), status=status))
+        self._pending_since.pop(key, None)
+        batch = self._pending.metrics.pop(key, [])
+        items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        written: list[int] = []
+
+        def write() -> None:
+            run_id = self._run_id(key)
+            size = BATCH - 100  # room for the tags: MLflow takes at most 1000 entities per batch
+            chunks = [batch[i:i + size] for i in range(0, len(batch), size)] or [[]]
+            for n, chunk in enumerate(chunks):
+                if n in written:
+                    continue
+                tag_part = items if n == 0 else []
+                if chunk or tag_part:
+                    self.client.log_batch(run_id, metrics=chunk, tags=tag_part, synchronous=True)
+                written.append(n)
+            self.client.set_terminated(run_id, status=status)
+
+        self._submit(f"end run {key}", write)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
