@@ -396,6 +396,7 @@ def summarize(outcome: Any) -> dict[str, Any]:
         "failed": outcome.count("FAIL"), "trained": len(trained), "duplicates": len(duplicates),
         "epochs": outcome.epochs_trained, "loop_time_s": outcome.loop_time, "wall_time_s": outcome.wall_time,
         "train_time_s": train, "train_time_reported_s": outcome.train_time,
+        "diagnose_time_s": sum(r.diagnose_time for r in trained),
         "in_flight_s": sum(in_flight),
         "hypervolume": outcome.hypervolume, "front_size": len(outcome.front),
         "best_val_error": min(errors) if errors else float("nan"),

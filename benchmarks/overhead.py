@@ -7,6 +7,9 @@ pruner and no bound check, so every trial trains. The figure is
 
     overhead = 1 - Σ trainer wall time / loop time
 
+and the same with the geometry diagnostics (issue 5, timed inside the worker) counted with training, which
+leaves what Ray, Optuna, MLflow and the driver cost.
+
 where the loop time is that of the ask/train/tell loop (`SearchOutcome.loop_time`: without Ray start-up,
 data loading and the final report). The trainer's wall time starts once the model is built inside the
 worker, so model building, task scheduling and result delivery count as overhead. A first, small search
@@ -45,6 +48,9 @@ def figures(m: Any) -> dict[str, Any]:
         "label": m.label, "trials": finished, "trained": s["trained"], "duplicates": s["duplicates"],
         "epochs": s["epochs"], "loop_time_s": loop, "train_time_s": train,
         "overhead": 1 - train / loop if loop else float("nan"),
+        "diagnose_time_s": s["diagnose_time_s"],
+        "diagnostics_share": s["diagnose_time_s"] / loop if loop else float("nan"),
+        "overhead_without_diagnostics": 1 - (train + s["diagnose_time_s"]) / loop if loop else float("nan"),
         "overhead_with_reported_train_time": 1 - s["train_time_reported_s"] / loop if loop else float("nan"),
         "driver_time_per_trial_s": (loop - train) / finished,
         "in_flight_outside_trainer_per_trained_trial_s": statistics.fmean(outside_in_flight) if records else 0.0,
@@ -143,9 +149,10 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"# overhead: digits CNN trials, parallelism 1, every trial trains", machine_line(results["machine"]),
              f"Ray start-up (not in the loop time): {results['ray_start_s']:.1f} s", ""]
     headers = ["run", "trials", "trained", "dup.", "epochs", "loop s", "Σ train s", "overhead",
-               "driver s/trial", "other cores (before/during)"]
+               "of which diagnostics", "Ray+Optuna+MLflow+driver", "driver s/trial", "other cores (before/during)"]
     rows = [[r["label"], r["trials"], r["trained"], r["duplicates"], r["epochs"], r["loop_time_s"], r["train_time_s"],
-             f"{100 * r['overhead']:.1f}%", r["driver_time_per_trial_s"],
+             f"{100 * r['overhead']:.1f}%", f"{100 * r['diagnostics_share']:.1f}%",
+             f"{100 * r['overhead_without_diagnostics']:.1f}%", r["driver_time_per_trial_s"],
              f"{r['other_cores_before']}/{r['other_cores_during']}"] for r in runs]
     lines += [table(headers, rows), ""]
     m = runs[-1]
@@ -167,7 +174,12 @@ def report(results: dict[str, Any]) -> str:
                                                   sorted(cpu["ours"].items(), key=lambda kv: -kv[1]) if v > 0.005] +
                     [["other processes (not this benchmark)", cpu["other_cpu_s"], cpu["other_cores"]]]), ""]
     verdict = "met" if m["overhead"] <= results["target"] else "NOT met"
-    lines.append(f"target: overhead <= {100 * results['target']:.0f}% -> {verdict} ({100 * m['overhead']:.1f}%)")
+    lines.append(f"target: overhead <= {100 * results['target']:.0f}% -> {verdict} ({100 * m['overhead']:.1f}%, "
+                 f"geometry diagnostics included)")
+    plumbing = "met" if m["overhead_without_diagnostics"] <= results["target"] else "NOT met"
+    lines.append(f"Ray, Optuna, MLflow and the driver alone (the geometry diagnostics of issue 5, "
+                 f"{100 * m['diagnostics_share']:.1f}% of the loop, left out): {plumbing} "
+                 f"({100 * m['overhead_without_diagnostics']:.1f}%)")
     if "profile" in results:
         prof = results["profile"]
         lines += ["", f"cProfile of the driver's main thread ({prof['trials']} trials, loop {prof['loop_time_s']:.1f} s, "

@@ -53,6 +53,7 @@ class TrialRecord:
     values: tuple[float, ...] = ()
     epochs: int = 0
     train_wall_time: float = 0.0
+    diagnose_time: float = 0.0  # seconds of the geometry diagnostics in the worker (outside train_wall_time)
     dispatched_at: float = 0.0
     finished_at: float = 0.0
 
@@ -228,8 +229,8 @@ class _Search:
             source, result = self.results_by_arch[arch.arch_id]
             stored[ATTR.DUPLICATE_OF] = source
             trial.set_user_attr(RECORD, stored)
-            self.tracker.set_tags(trial.number, {"duplicate_of": source})
-            self._finish_complete(trial, {**result, "wall_time": 0.0})  # reused: no training happened
+            # reused: no training happened
+            self._finish_complete(trial, {**result, "wall_time": 0.0}, tags={"duplicate_of": source})
             return
         trial.set_user_attr(RECORD, stored)
         if self.search.mode == "scalar" and self.search.bound_check and bound_excludes(
@@ -276,12 +277,13 @@ class _Search:
         return [{"epoch": epoch, **{k: (v if math.isfinite(v) else None) for k, v in m.items()}}
                 for epoch, m in enumerate(self.reports.get(number, []), start=1)]
 
-    def _finish_complete(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+    def _finish_complete(self, trial: optuna.Trial, result: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
         record = self.records[trial.number]
         e_cnn, val_error = float(result["val_loss"]), float(result["val_error"])
         f = energy(e_cnn, record.e_comp, self.search.lam, self.search.scale)
         record.epochs = int(result.get("epochs", 0))
         record.train_wall_time = float(result.get("wall_time", 0.0))
+        record.diagnose_time = float(result.get("diagnose_time", 0.0)) if record.dispatched_at else 0.0
         extra = {k: float(result[k]) for k in ("loss_residual", "update_residual", "final_lr") if k in result}
         diagnostics = {f"diag.{k}": float(v) for k, v in (result.get("diagnostics") or {}).items()}
         attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
@@ -303,7 +305,7 @@ class _Search:
         final.update(diagnostics)
         if diagnostics and record.dispatched_at:  # trained here, not a reused result
             self._log_diagnostics_plot(trial.number, result["diagnostics"], record.summary)
-        self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE"}, step=record.epochs)
+        self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE", **(tags or {})}, step=record.epochs)
         self._after_trial(trial.number)
 
     def _finish_pruned(self, trial: optuna.Trial, reason: str, epochs: int = 0) -> None:
