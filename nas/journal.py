@@ -63,7 +63,12 @@ class PostgresJournalBackend(BaseJournalBackend):
         self._url = libpq_url(url)
         self._retries = retries
         self._connection: Any = None
-        self._run(lambda cursor: cursor.execute(_CREATE))
+        import psycopg
+
+        try:
+            self._run(lambda cursor: cursor.execute(_CREATE))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # another process created the table at the same moment (IF NOT EXISTS is not atomic)
 
     # A storage travels to other processes by pickling (Optuna does this for its own workers): drop the connection.
     def __getstate__(self) -> dict[str, Any]:
