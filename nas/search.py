@@ -204,6 +204,7 @@ class _Search:
                 self._ask_and_dispatch(data_ref)
             for event in self.executor.poll(timeout=0.5):
                 self._handle(event)
+            self.tracker.flush_stale()  # metrics batched for TRACKING_DELAY reach MLflow even when nothing else comes
 
     def _ask_and_dispatch(self, data_ref: Any) -> None:
         trial = self.study.ask()

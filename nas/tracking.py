@@ -150,6 +150,7 @@ class Tracker:
         # spares MLflow's client a get_run per run to find where the artifacts go.
         self._artifact_repos: dict[str, Any] = {}
         self._pending_since: dict[Hashable, float] = {}
+        self._max_delay: dict[Hashable, float] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._pending = _Pending()
@@ -304,9 +305,18 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = self._pending.metrics.setdefault(key, [])
         since = self._pending_since.setdefault(key, time.monotonic())
+        if max_delay is not None:
+            self._max_delay[key] = max_delay
         batch.extend(Metric(name, float(value), now, int(step)) for name, value in metrics.items())
         if flush or len(batch) >= BATCH or (max_delay is not None and time.monotonic() - since >= max_delay):
             self.flush_metrics(key)
+
+    def flush_stale(self) -> None:
+        """Write the buffered metrics that have waited their `max_delay` (call it from the loop that logs them)."""
+        now = time.monotonic()
+        for key, since in list(self._pending_since.items()):
+            if key in self._max_delay and now - since >= self._max_delay[key]:
+                self.flush_metrics(key)
 
     def flush_metrics(self, key: Hashable) -> None:
         self._pending_since.pop(key, None)
