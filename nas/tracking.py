@@ -402,6 +402,7 @@ class Tracker:
         if metrics:
             self.log_metrics(key, metrics, step)
         self._pending_since.pop(key, None)
+        self._max_delay.pop(key, None)  # the run ends: nothing more is buffered for it
         batch = self._pending.metrics.pop(key, [])
         items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         written: list[int] = []

@@ -35,6 +35,7 @@ def test_base_config_values_are_overridden_by_the_child():
         ({"train": {"lr": "fast"}}, "train.lr must be a number"),
         ({"search": {"n_trials": 0}}, "search.n_trials must be at least 1"),
         ({"train": {"lr_factor": 1.5}}, "train.lr_factor must be in (0, 1)"),
+        ({"train": {"chance_tol": 1.0}}, "train.chance_tol must be in [0, 1)"),
         ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, "data.val_fraction"),
         ({"data": {"dataset": "cifar"}}, "data.dataset must be one of"),
         ({"search": {"sampler": "cmaes"}}, "search.sampler must be one of"),
