@@ -9,6 +9,7 @@ resolves to MLflow run ids once they exist.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -47,13 +48,18 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def log_bytes(client: MlflowClient, run_id: str, data: bytes, artifact_file: str) -> None:
-    """Log `data` as the artifact `artifact_file` (a path inside the run's artifacts) of run `run_id`."""
+def _log_through_file(data: bytes, artifact_file: str, log: Callable[[str, str | None], None]) -> None:
+    """Write `data` to a temporary file named like `artifact_file` and call ``log(path, folder)``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         path.write_bytes(data)
         folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-        client.log_artifact(run_id, str(path), folder)
+        log(str(path), folder)
+
+
+def log_bytes(client: MlflowClient, run_id: str, data: bytes, artifact_file: str) -> None:
+    """Log `data` as the artifact `artifact_file` (a path inside the run's artifacts) of run `run_id`."""
+    _log_through_file(data, artifact_file, lambda path, folder: client.log_artifact(run_id, path, folder))
 
 
 _SQLITE_LISTENING = False
@@ -283,12 +289,8 @@ class Tracker:
         repo = self._artifact_repos.get(run_id)
         if repo is None:
             log_bytes(self.client, run_id, data, artifact_file)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            path.write_bytes(data)
-            folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-            repo.log_artifact(str(path), folder)
+        else:
+            _log_through_file(data, artifact_file, repo.log_artifact)
 
     def _find_created(self, tags: Mapping[str, str]) -> str | None:
         if TAG_TRIAL not in tags or TAG_STUDY not in tags:
@@ -350,10 +352,9 @@ class Tracker:
 
             fig = make_figure()
             try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / Path(artifact_file).name
-                    fig.savefig(path)
-                    self._log_artifact_bytes(key, path.read_bytes(), artifact_file)
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format="png")
+                self._log_artifact_bytes(key, buffer.getvalue(), artifact_file)
             finally:
                 close(fig)
 
