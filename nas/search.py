@@ -542,7 +542,8 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
     dataset = load_dataset(config.data, config.seed)
     # One driver per study: a second one refuses here, before it touches the study or starts Ray.
     lock = StudyLock(storage_url(config), config.study_name).acquire()
-    tracker = Tracker(config.tracking.uri, config.experiment_name, config.tracking.artifact_location)
+    tracker = Tracker(config.tracking.uri, config.experiment_name, config.tracking.artifact_location,
+                      writers=config.tracking.writers)
     own_executor = executor is None
     try:
         if executor is None:
@@ -558,7 +559,8 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
                 "storage": mask_secrets(config.search.storage), "data_fingerprint": dataset.fingerprint,
                 "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"]}
         params = {k: mask_secrets(str(v)) for k, v in flatten(resolved).items()}
-        tracker.call("open the search's runs", lambda client, _: _open_search_runs(tracker, client, search, tags, params))
+        tracker.call("open the search's runs", lambda client, _: _open_search_runs(tracker, client, search, tags, params),
+                     adopts_runs=True)
         tracker.log_text(PARENT, _yaml(resolved), "config.yaml")
         tracker.log_dict(PARENT, {**env, "data": {"fingerprint": dataset.fingerprint, **dataset.sizes(),
                                   "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}},

@@ -1,10 +1,15 @@
 """Every MLflow write of the service goes through this module.
 
-`Tracker` queues writes and performs them, in order, on one background thread: the driver never waits on
+`Tracker` queues writes and performs them on background writer threads: the driver never waits on
 MLflow, per-epoch metrics go out in batches (one ``log_batch`` per flush), and a tracking server that is
 down delays the writes (retried with backoff) instead of stopping the search or losing a record.
-Runs are addressed by keys (``"search"`` for the parent, the trial number for a child) that the thread
-resolves to MLflow run ids once they exist.
+Runs are addressed by keys (``"search"`` for the parent, the trial number for a child) that the writers
+resolve to MLflow run ids once they exist.
+
+With several writers (``tracking.writers``; by default one for a SQLite store, four for a tracking server)
+each run's writes go to one writer, in the order they were made: the parent's to the first, the trials'
+spread over the others. A write that needs another run (a child needs its parent's id) waits until the
+writes that create runs and were queued before it are done.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Callable, Hashable, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-__all__ = ["Tracker", "experiment_id", "client_for", "log_bytes", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
+__all__ = ["Tracker", "default_writers", "experiment_id", "client_for", "log_bytes", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
            "TAG_REASON", "TAG_KIND"]
 
 log = logging.getLogger(__name__)
@@ -116,16 +121,30 @@ class _NoRun(LookupError):
     """A write addressed a run that does not exist (its creation failed)."""
 
 
+ANY_RUN = object()  # what a write that adopts runs of earlier drivers creates: any run key
+
+
 @dataclass
 class _Op:
     name: str
     fn: Callable[[], None]
+    seq: int = 0
+    creates: Hashable | None = None  # the run key this write creates (ANY_RUN: it may adopt any)
     attempts: int = 0
+
+
+def default_writers(uri: str) -> int:
+    """Writer threads for a tracking URI: one for a SQLite store (its writes serialize on the file's lock
+    anyway), four for a tracking server or another database (the server does the work in its processes)."""
+    return 1 if uri.startswith("sqlite:") or "://" not in uri or uri.startswith("file:") else 4
 
 
 @dataclass
 class _Pending:
     metrics: dict[Hashable, list[Metric]] = field(default_factory=dict)
+
+
+_current = threading.local()  # the write a writer thread is performing (its `seq`)
 
 
 class Tracker:
@@ -137,10 +156,11 @@ class Tracker:
         artifact_location: where a new experiment keeps artifacts (a folder or URI); None for the server default.
         retry_for: seconds a failing write is retried before it is given up (the Optuna storage keeps the
             record; ``nas sync`` rebuilds MLflow from it).
+        writers: writer threads (None: `default_writers(uri)`); one run's writes always go to the same one.
     """
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
-                 retry_for: float = 600.0) -> None:
+                 retry_for: float = 600.0, writers: int | None = None) -> None:
         # MLflow's HTTP client retries a request up to 7 times with long backoff; this queue retries
         # whole writes itself, so keep single requests short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -151,6 +171,7 @@ class Tracker:
         self.artifact_location = artifact_location
         self.retry_for = retry_for
         self._experiment_id: str | None = None
+        self._exp_lock = threading.Lock()
         self._run_ids: dict[Hashable, str] = {}
         # The artifact store of each run this tracker created (from create_run's answer): writing through it
         # spares MLflow's client a get_run per run to find where the artifacts go.
@@ -158,7 +179,13 @@ class Tracker:
         self._pending_since: dict[Hashable, float] = {}
         self._max_delay: dict[Hashable, float] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_Op | None] = queue.Queue()
+        self._changed = threading.Condition(self._lock)  # a run id became known, or a creating write ended
+        self._seq = 0
+        self._creating: dict[int, Hashable] = {}  # seq -> key of each queued write that creates runs
+        self.writers = writers or default_writers(uri)
+        if self.writers < 1:
+            raise ValueError(f"writers must be at least 1, but got {writers}")
+        self._lanes: list[queue.Queue[_Op | None]] = [queue.Queue() for _ in range(self.writers)]
         self._pending = _Pending()
         self.failed_writes: list[str] = []
         # Seconds the writer spent per kind of write ("start run", "metrics of", "complexity_profile.png of", ...)
@@ -166,18 +193,21 @@ class Tracker:
         self.write_seconds: dict[str, list[float]] = {}
         self._down_since = 0.0
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="geonas-tracking", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, args=(lane,), name=f"geonas-tracking-{n}", daemon=True)
+                         for n, lane in enumerate(self._lanes)]
+        for thread in self._threads:
+            thread.start()
 
-    # -- the writer thread --------------------------------------------------------------------------------
-    def _work(self) -> None:
+    # -- the writer threads -------------------------------------------------------------------------------
+    def _work(self, lane: queue.Queue[_Op | None]) -> None:
         while True:
-            op = self._queue.get()
+            op = lane.get()
             if op is None or self._stopped.is_set():
                 # Stopped with writes still queued: drop them; the Optuna storage keeps every record.
                 if op is not None:
                     self.failed_writes.append(f"MLflow write '{op.name}' dropped at shutdown")
-                self._queue.task_done()
+                    self._done_creating(op)
+                lane.task_done()
                 if op is None:
                     return
                 continue
@@ -186,6 +216,7 @@ class Tracker:
             # While the store has been unreachable for longer than retry_for, try each write once only.
             patience = 0.0 if self._down_since and time.monotonic() - self._down_since > self.retry_for \
                 else self.retry_for
+            _current.seq = op.seq
             while True:
                 try:
                     op.fn()
@@ -208,24 +239,50 @@ class Tracker:
                         self.failed_writes.append(f"MLflow write '{op.name}' dropped at shutdown")
                         break
                     delay = min(delay * 2, 5.0)  # short: a server that is back is used within seconds
-            kind = self.write_seconds.setdefault(op.name.rsplit(" ", 1)[0], [0, 0.0])
-            kind[0] += 1
-            kind[1] += time.monotonic() - started
-            self._queue.task_done()
+            self._done_creating(op)
+            with self._lock:
+                kind = self.write_seconds.setdefault(op.name.rsplit(" ", 1)[0], [0, 0.0])
+                kind[0] += 1
+                kind[1] += time.monotonic() - started
+            lane.task_done()
 
-    def _submit(self, name: str, fn: Callable[[], None]) -> None:
-        self._queue.put(_Op(name, fn))
+    def _done_creating(self, op: _Op) -> None:
+        if op.creates is not None:
+            with self._changed:
+                self._creating.pop(op.seq, None)
+                self._changed.notify_all()
+
+    def _lane(self, key: Hashable) -> int:
+        """The writer of `key`'s runs: the first for the parent (and writes not tied to one run), the others
+        for the trials, spread by key."""
+        if self.writers == 1 or key is None or key == PARENT or not isinstance(key, int):
+            return 0
+        return 1 + key % (self.writers - 1)
+
+    def _submit(self, name: str, fn: Callable[[], None], key: Hashable = None, creates: Hashable | None = None) -> None:
+        with self._lock:
+            self._seq += 1
+            op = _Op(name, fn, self._seq, creates)
+            if creates is not None:
+                self._creating[op.seq] = creates
+        self._lanes[self._lane(key)].put(op)
 
     def _run_id(self, key: Hashable) -> str:
-        with self._lock:
+        """`key`'s run id; waits while a write queued before the calling one may still create that run."""
+        me = getattr(_current, "seq", None)
+        with self._changed:
+            while key not in self._run_ids and not self._stopped.is_set() and any(
+                    seq < (me or seq + 1) and created in (key, ANY_RUN) for seq, created in self._creating.items()):
+                self._changed.wait(0.5)
             if key not in self._run_ids:
                 raise _NoRun(f"no MLflow run for {key!r}")
             return self._run_ids[key]
 
     def adopt(self, key: Hashable, run_id: str) -> None:
         """Address an existing run (from an earlier driver) by `key`."""
-        with self._lock:
+        with self._changed:
             self._run_ids.setdefault(key, run_id)
+            self._changed.notify_all()
 
     def run_id(self, key: Hashable) -> str | None:
         """The MLflow run id of `key` once its run exists (None before the queue reached it)."""
@@ -237,9 +294,10 @@ class Tracker:
         return self._exp()
 
     def _exp(self) -> str:
-        if self._experiment_id is None:
-            self._experiment_id = experiment_id(self.client, self.experiment, self.artifact_location)
-        return self._experiment_id
+        with self._exp_lock:  # one writer creates the experiment, the others wait for its id
+            if self._experiment_id is None:
+                self._experiment_id = experiment_id(self.client, self.experiment, self.artifact_location)
+            return self._experiment_id
 
     # -- runs ---------------------------------------------------------------------------------------------
     def start_run(self, key: Hashable, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any],
@@ -274,7 +332,7 @@ class Tracker:
             if existing_run_id is not None and all_tags:
                 self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()], synchronous=True)
 
-        self._submit(f"start run {key}", create)
+        self._submit(f"start run {key}", create, key, creates=key)
 
     def _remember_artifact_store(self, run_id: str, artifact_uri: str) -> None:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -331,18 +389,19 @@ class Tracker:
             for start in range(0, len(batch), BATCH):
                 self.client.log_batch(run_id, metrics=batch[start:start + BATCH], synchronous=True)
 
-        self._submit(f"metrics of {key}", write)
+        self._submit(f"metrics of {key}", write, key)
 
     def set_tags(self, key: Hashable, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._submit(f"tags of {key}", lambda: self.client.log_batch(self._run_id(key), tags=items, synchronous=True))
+        self._submit(f"tags of {key}", lambda: self.client.log_batch(self._run_id(key), tags=items, synchronous=True),
+                     key)
 
     def log_dict(self, key: Hashable, data: Any, artifact_file: str) -> None:
         self.log_text(key, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
     def log_text(self, key: Hashable, text: str, artifact_file: str) -> None:
         data = text.encode("utf-8")
-        self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, data, artifact_file))
+        self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, data, artifact_file), key)
 
     def log_figure(self, key: Hashable, make_figure: Callable[[], Any], artifact_file: str) -> None:
         """Render a matplotlib figure on the writer thread (off the driver's path) and log it as PNG."""
@@ -358,7 +417,7 @@ class Tracker:
             finally:
                 close(fig)
 
-        self._submit(f"{artifact_file} of {key}", write)
+        self._submit(f"{artifact_file} of {key}", write, key)
 
     def log_model(self, key: Hashable, model: Any, input_example: Any, metrics: Mapping[str, float]) -> None:
         """Log a trained network as the MLflow model ``model`` of `key`'s run (signature from `input_example`),
@@ -385,16 +444,20 @@ class Tracker:
                                                    for k, v in metrics.items()],
                                   tags=[RunTag("has_model", "true")], synchronous=True)
 
-        self._submit(f"model of {key}", write)
+        self._submit(f"model of {key}", write, key)
 
     def log_png(self, key: Hashable, make_png: Callable[[], bytes], artifact_file: str) -> None:
         """Render PNG bytes on the writer thread and log them as `artifact_file`."""
 
-        self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, make_png(), artifact_file))
+        self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, make_png(), artifact_file),
+                     key)
 
-    def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None]) -> None:
-        """Queue any other write: `fn(client, run_id_of)` runs on the writer thread in order."""
-        self._submit(name, lambda: fn(self.client, self._run_id))
+    def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None],
+             adopts_runs: bool = False) -> None:
+        """Queue any other write: `fn(client, run_id_of)` runs on the first writer, in order with the parent's
+        writes. `adopts_runs`: `fn` finds or creates runs (`adopt`); writes queued after it that need a run
+        it may provide wait for it."""
+        self._submit(name, lambda: fn(self.client, self._run_id), None, creates=ANY_RUN if adopts_runs else None)
 
     def end_run(self, key: Hashable, status: str, metrics: Mapping[str, float] | None = None,
                 tags: Mapping[str, Any] | None = None, step: int = 0) -> None:
@@ -421,7 +484,7 @@ class Tracker:
                 written.append(n)
             self.client.set_terminated(run_id, status=status)
 
-        self._submit(f"end run {key}", write)
+        self._submit(f"end run {key}", write, key)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -429,19 +492,21 @@ class Tracker:
         for key in list(self._pending.metrics):
             self.flush_metrics(key)
         if timeout is None:
-            self._queue.join()
+            for lane in self._lanes:
+                lane.join()
             return True
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self.backlog and time.monotonic() < deadline:
             time.sleep(0.05)
-        return not self._queue.unfinished_tasks
+        return not self.backlog
 
     @property
     def backlog(self) -> int:
-        return self._queue.unfinished_tasks
+        """Writes queued or in progress, over all writers."""
+        return sum(lane.unfinished_tasks for lane in self._lanes)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, then stop the writer thread; writes still queued after `timeout` are dropped (False).
+        """Flush, then stop the writer threads; writes still queued after `timeout` are dropped (False).
 
         Dropped writes lose nothing: the storage holds every record, and `nas sync` (or the next run of the
         same search) rebuilds the runs from it.
@@ -449,6 +514,8 @@ class Tracker:
         done = self.flush(timeout)
         if not done:
             self._stopped.set()
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        for lane in self._lanes:
+            lane.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
         return done

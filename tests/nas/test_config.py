@@ -41,6 +41,7 @@ def test_base_config_values_are_overridden_by_the_child():
         ({"search": {"sampler": "cmaes"}}, "search.sampler must be one of"),
         ({"search": {"reference_point": [1.0]}}, "search.reference_point"),
         ({"ray": {"parallelism": 0}}, "ray.parallelism must be at least 1"),
+        ({"tracking": {"writers": 0}}, "tracking.writers must be between 1 and 64"),
         ({"space": {"name": "transformer"}}, "transformer"),
         ({"space": {"name": "cnn", "depth": [3, 1]}}, "depth"),
         ({"space": {"name": "cnn", "activations": ["relu", "swish"]}}, "swish"),

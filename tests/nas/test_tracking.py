@@ -62,3 +62,69 @@ def _wait_for_the_queue(tracker: Tracker) -> None:
     while tracker.backlog and time.monotonic() < deadline:
         time.sleep(0.05)
     assert tracker.backlog == 0
+
+
+def test_several_writers_keep_each_runs_writes_in_order_and_children_under_their_parent(tmp_path):
+    # The parent's creation is slow (as when the search's runs are looked up on resume): the children's
+    # writers must wait for it instead of creating orphans or skipping the children.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "tracking-test", str(tmp_path / "artifacts"), writers=3)
+    threads: dict[str, set[str]] = {}
+
+    def open_parent(client, _run_id_of) -> None:
+        import threading
+
+        time.sleep(1.0)
+        run = client.create_run(tracker.experiment_id(), run_name="search")
+        threads.setdefault("open", set()).add(threading.current_thread().name)
+        tracker.adopt("search", run.info.run_id)
+
+    tracker.call("open the search's runs", open_parent, adopts_runs=True)
+    for n in range(8):
+        tracker.start_run(n, f"trial-{n:04d}", {"geonas.kind": "trial"}, {"n": n}, parent="search")
+        tracker.log_dict(n, {"n": n}, "architecture.json")
+        for epoch in range(1, 4):
+            tracker.log_metrics(n, {"epoch/val_loss": n + 1.0 / epoch}, step=epoch)
+        tracker.end_run(n, "FINISHED", {"E_CNN": float(n)}, {"state": "COMPLETE"}, step=3)
+    tracker.log_metrics("search", {"hypervolume": 0.5}, step=7, flush=True)
+    assert tracker.flush(timeout=60)
+    assert not tracker.failed_writes
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = tracker.run_id("search")
+    children = client.search_runs([tracker.experiment_id()], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(int(r.data.params["n"]) for r in children) == list(range(8))
+    for run in children:
+        n = int(run.data.params["n"])
+        assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
+        assert run.data.metrics["E_CNN"] == n
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch/val_loss")] == \
+            [n + 1.0, n + 0.5, n + 1.0 / 3]
+    # every writer did some of the work: the parent's on the first, the trials' on the two others
+    assert tracker.writers == 3 and tracker.write_seconds["start run"][0] == 8
+    assert threads["open"] == {"geonas-tracking-0"}
+    tracker.close()
+
+
+def test_a_child_whose_parent_never_comes_is_skipped_not_waited_for_forever(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking-test", str(tmp_path / "artifacts"), writers=2)
+
+    def broken(_client, _run_id_of) -> None:
+        raise RuntimeError("the store refuses")
+
+    tracker.retry_for = 0.5  # give the broken write up quickly
+    tracker.call("open the search's runs", broken, adopts_runs=True)
+    tracker.start_run(1, "trial-0001", {}, {}, parent="search")
+    assert tracker.flush(timeout=30)
+    assert tracker.run_id(1) is None
+    assert any("open the search's runs" in w and "given up" in w for w in tracker.failed_writes)
+    assert any("start run 1" in w and "skipped" in w for w in tracker.failed_writes)
+    tracker.close()
+
+
+def test_writers_default_to_one_for_sqlite_and_four_for_a_server():
+    from nas.tracking import default_writers
+
+    assert default_writers("sqlite:///runs/mlflow.db") == 1
+    assert default_writers("http://127.0.0.1:5000") == 4
+    assert default_writers("postgresql://u@h/db") == 4
