@@ -14,19 +14,26 @@ so the driver is the bottleneck. Two figures per storage:
   tracking writer, Ray's client threads) per trial; 1 / that is what one driver could feed if workers
   were free and nothing else used its core.
 
+The MLflow side is either a SQLite store in the driver's process (``--tracking sqlite``, the embedded default)
+or a real ``mlflow server`` process on 127.0.0.1 over its own PostgreSQL database, with proxied artifacts
+(``--tracking server``, the cluster set-up of configs/cluster_example.yaml), written by ``--writers`` writer
+threads (comma-separated counts are compared; default: the store's default).
+
 Run: ``python -m benchmarks.driver_capacity [--trials 200] [--pg postgresql://postgres@127.0.0.1:5432/test]
-[--storages sqlite,postgresql,journal,journal-async] [--samplers random,tpe]``
+[--storages sqlite,postgresql,journal,journal-async] [--samplers random,tpe] [--tracking sqlite,server]
+[--writers 1,4] [--server-workers 2]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from benchmarks._common import machine, machine_line, temp_folder
 
@@ -37,7 +44,7 @@ TRIVIAL_SPACE = {"name": "cnn", "depth": [0, 1], "channels": [4], "kernel_sizes"
                  "batch_norm": [False], "downsample": ["stride"], "downsample_every": [1], "head": ["flatten"]}
 
 
-def _config(storage: str, folder: Path, n_trials: int, sampler: str, name: str) -> Any:
+def _config(storage: str, folder: Path, n_trials: int, sampler: str, name: str, tracking: dict[str, Any]) -> Any:
     from nas.config import config_from_dict
 
     return config_from_dict({
@@ -45,7 +52,7 @@ def _config(storage: str, folder: Path, n_trials: int, sampler: str, name: str) 
         "train": {"max_epochs": 1},
         "search": {"n_trials": n_trials, "sampler": sampler, "pruner": "none", "bound_check": False,
                    "final_seeds": 0, "storage": storage, "n_startup_trials": 10},
-        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")},
+        "tracking": tracking,
     })
 
 
@@ -76,14 +83,17 @@ STORAGE_FORMATS = {
 
 
 def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str,
-            label: str) -> dict[str, Any]:
+            label: str, tracking: dict[str, Any]) -> dict[str, Any]:
     from nas.search import run_search
+    from nas.tracking import default_writers
 
-    config = _config(storage, folder, n_trials, sampler, name)
+    config = _config(storage, folder, n_trials, sampler, name, tracking)
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     outcome = run_search(config, executor=executor)
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
     return {"storage": label, "sampler": sampler, "trials": n_trials,
+            "tracking": "server" if tracking["uri"].startswith("http") else "sqlite",
+            "writers": config.tracking.writers or default_writers(config.tracking.uri),
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
             "whole_run_s": round(wall, 2), "trials_per_s_whole_run": round(n_trials / wall, 1),
             "drain_s": round(outcome.drain_time, 2),
@@ -94,6 +104,26 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
             "driver_capacity_per_s": round(n_trials / cpu, 1)}
 
 
+@contextlib.contextmanager
+def _tracking_store(kind: str, folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The MLflow side of one measurement: a SQLite store in the driver, or a fresh `mlflow server` process."""
+    if kind == "sqlite":
+        yield {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")}
+        return
+    if kind != "server":
+        raise SystemExit(f"--tracking: unknown store {kind!r} (sqlite or server)")
+    # The same server process the fault tests run (tests/faults/conftest.py), with more worker processes.
+    from tests.faults.conftest import MlflowServer
+
+    backend, drop = _pg_database(args.pg)
+    server = MlflowServer(backend, folder / "server-artifacts", workers=args.server_workers).start()
+    try:
+        yield {"uri": server.url, "artifact_location": None}
+    finally:
+        server.stop()
+        drop()
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -101,6 +131,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--samplers", default="random,tpe")
     parser.add_argument("--storages", default="sqlite,postgresql,journal,journal-async",
                         help="comma-separated: sqlite, " + ", ".join(STORAGE_FORMATS))
+    parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server")
+    parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the store's)")
+    parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -109,37 +142,44 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     executor = RayExecutor(parallelism=2)
     executor.start()
     rows = []
+    writer_counts = [int(w) for w in args.writers.split(",") if w] or [None]
     try:
-        for sampler in args.samplers.split(","):
-            for storage in args.storages.split(","):
-                with temp_folder() as folder:
-                    if storage == "sqlite":
-                        rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler,
-                                            executor, f"capacity-sqlite-{sampler}", storage))
-                        continue
-                    url, drop = _pg_database(args.pg)
-                    try:
-                        rows.append(measure(STORAGE_FORMATS[storage](url), folder, args.trials, sampler, executor,
-                                            f"capacity-{storage}-{sampler}", storage))
-                    finally:
-                        drop()
+        for tracking_kind in args.tracking.split(","):
+            for writers in writer_counts:
+                for sampler in args.samplers.split(","):
+                    for storage in args.storages.split(","):
+                        with temp_folder() as folder, _tracking_store(tracking_kind, folder, args) as tracking:
+                            tracking["writers"] = writers
+                            if storage == "sqlite":
+                                rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler,
+                                                    executor, f"capacity-sqlite-{sampler}", storage, tracking))
+                                continue
+                            url, drop = _pg_database(args.pg)
+                            try:
+                                rows.append(measure(STORAGE_FORMATS[storage](url), folder, args.trials, sampler,
+                                                    executor, f"capacity-{storage}-{sampler}", storage, tracking))
+                            finally:
+                                drop()
     finally:
         executor.shutdown()
     print(machine_line(machine()))
-    print("| storage | sampler | trials | loop s | trials/s (loop) | MLflow drain after the loop s | "
-          "trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| storage | sampler | MLflow store | writers | trials | loop s | trials/s (loop) | MLflow drain after the "
+          "loop s | trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['storage']} | {r['sampler']} | {r['trials']} | {r['loop_s']} | {r['trials_per_s']} | "
-              f"{r['drain_s']} | {r['trials_per_s_tracked']} | {r['whole_run_s']} | {r['driver_cpu_ms_per_trial']} |")
-    print("\nMLflow writer, ms per trial by kind of write (first row of each storage):")
+        print(f"| {r['storage']} | {r['sampler']} | {r['tracking']} | {r['writers']} | {r['trials']} | {r['loop_s']} | "
+              f"{r['trials_per_s']} | {r['drain_s']} | {r['trials_per_s_tracked']} | {r['whole_run_s']} | "
+              f"{r['driver_cpu_ms_per_trial']} |")
+    print("\nMLflow writers, ms of writer time per trial by kind of write, summed over writers (first row of each "
+          "storage, store and writer count):")
     seen = set()
     for r in rows:
-        if r["storage"] in seen:
+        if (r["storage"], r["tracking"], r["writers"]) in seen:
             continue
-        seen.add(r["storage"])
+        seen.add((r["storage"], r["tracking"], r["writers"]))
         top = ", ".join(f"{k} {v}" for k, v in list(r["tracking_ms_per_trial"].items())[:8])
-        print(f"- {r['storage']} ({r['sampler']}): total {sum(r['tracking_ms_per_trial'].values()):.1f}: {top}")
+        print(f"- {r['storage']} ({r['sampler']}, {r['tracking']}, {r['writers']} writers): "
+              f"total {sum(r['tracking_ms_per_trial'].values()):.1f}: {top}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return rows

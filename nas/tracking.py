@@ -165,6 +165,9 @@ class Tracker:
         # whole writes itself, so keep single requests short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        # MLflow's client prints a link to every run it ends on a server (and reads the run back to do so):
+        # a search ends hundreds of runs; `nas ui` and the parent run are where reviewers find them.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.client = client_for(uri)
         self.experiment = experiment

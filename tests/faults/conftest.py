@@ -23,8 +23,9 @@ def free_port() -> int:
 class MlflowServer:
     """A real `mlflow server` process on 127.0.0.1 over a PostgreSQL backend store; can stop and restart."""
 
-    def __init__(self, backend: str, artifacts: Path) -> None:
+    def __init__(self, backend: str, artifacts: Path, workers: int = 1) -> None:
         self.backend = backend
+        self.workers = workers
         self.artifacts = artifacts
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -34,7 +35,7 @@ class MlflowServer:
         mlflow = str(Path(sys.executable).with_name("mlflow"))
         self.process = subprocess.Popen(
             [mlflow, "server", "--backend-store-uri", self.backend, "--artifacts-destination", str(self.artifacts),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
