@@ -16,11 +16,14 @@ so the driver is the bottleneck. Two figures per storage:
 
 The MLflow side is either a SQLite store in the driver's process (``--tracking sqlite``, the embedded default)
 or a real ``mlflow server`` process on 127.0.0.1 over its own PostgreSQL database, with proxied artifacts
-(``--tracking server``, the cluster set-up of configs/cluster_example.yaml), written by ``--writers`` writer
-threads (comma-separated counts are compared; default: the store's default).
+(``--tracking server``, the cluster set-up of configs/cluster_example.yaml) or with artifacts written by the
+driver straight to the artifact root the server names (``--tracking server-direct``: ``mlflow server
+--no-serve-artifacts --default-artifact-root``, for an artifact store every node can reach, such as S3 or a
+shared file system), written by ``--writers`` writer threads (comma-separated counts are compared; default:
+the config's, 4).
 
 Run: ``python -m benchmarks.driver_capacity [--trials 200] [--pg postgresql://postgres@127.0.0.1:5432/test]
-[--storages sqlite,postgresql,journal,journal-async] [--samplers random,tpe] [--tracking sqlite,server]
+[--storages sqlite,postgresql,journal,journal-async] [--samplers random,tpe] [--tracking sqlite,server,server-direct]
 [--writers 1,4] [--server-workers 2]``
 """
 
@@ -85,15 +88,16 @@ STORAGE_FORMATS = {
 def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str,
             label: str, tracking: dict[str, Any]) -> dict[str, Any]:
     from nas.search import run_search
-    from nas.tracking import default_writers
 
+    tracking = dict(tracking)
+    kind = tracking.pop("kind")
     config = _config(storage, folder, n_trials, sampler, name, tracking)
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     outcome = run_search(config, executor=executor)
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
     return {"storage": label, "sampler": sampler, "trials": n_trials,
-            "tracking": "server" if tracking["uri"].startswith("http") else "sqlite",
-            "writers": config.tracking.writers or default_writers(config.tracking.uri),
+            "tracking": kind,
+            "writers": config.tracking.writers,
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
             "whole_run_s": round(wall, 2), "trials_per_s_whole_run": round(n_trials / wall, 1),
             "drain_s": round(outcome.drain_time, 2),
@@ -108,17 +112,19 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
 def _tracking_store(kind: str, folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The MLflow side of one measurement: a SQLite store in the driver, or a fresh `mlflow server` process."""
     if kind == "sqlite":
-        yield {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")}
+        yield {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts"), "kind": kind}
         return
-    if kind != "server":
-        raise SystemExit(f"--tracking: unknown store {kind!r} (sqlite or server)")
+    if kind not in ("server", "server-direct"):
+        raise SystemExit(f"--tracking: unknown store {kind!r} (sqlite, server or server-direct)")
     # The same server process the fault tests run (tests/faults/conftest.py), with more worker processes.
     from tests.faults.conftest import MlflowServer
 
     backend, drop = _pg_database(args.pg)
-    server = MlflowServer(backend, folder / "server-artifacts", workers=args.server_workers).start()
+    (folder / "server-artifacts").mkdir()
+    server = MlflowServer(backend, folder / "server-artifacts", workers=args.server_workers,
+                          serve_artifacts=kind == "server").start()
     try:
-        yield {"uri": server.url, "artifact_location": None}
+        yield {"uri": server.url, "artifact_location": None, "kind": kind}
     finally:
         server.stop()
         drop()
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--storages", default="sqlite,postgresql,journal,journal-async",
                         help="comma-separated: sqlite, " + ", ".join(STORAGE_FORMATS))
     parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server")
-    parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the store's)")
+    parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the config's)")
     parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 for sampler in args.samplers.split(","):
                     for storage in args.storages.split(","):
                         with temp_folder() as folder, _tracking_store(tracking_kind, folder, args) as tracking:
-                            tracking["writers"] = writers
+                            if writers is not None:
+                                tracking["writers"] = writers
                             if storage == "sqlite":
                                 rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler,
                                                     executor, f"capacity-sqlite-{sampler}", storage, tracking))

@@ -137,12 +137,11 @@ class TrackingConfig:
     artifact_location: str | None = "runs/artifacts"
     experiment: str | None = None
     flush_timeout: float = 120.0
-    writers: int | None = None  # writer threads; null: 1 for a SQLite store, 4 for a tracking server
+    writers: int = 4  # MLflow writer threads of the driver (each run's writes stay in order on one)
 
     def __post_init__(self) -> None:
         _check(self.flush_timeout >= 0, "tracking.flush_timeout", f"must be >= 0, but got {self.flush_timeout}")
-        _check(self.writers is None or 1 <= self.writers <= 64, "tracking.writers",
-               f"must be between 1 and 64 (or null for the store's default), but got {self.writers}")
+        _check(1 <= self.writers <= 64, "tracking.writers", f"must be between 1 and 64, but got {self.writers}")
 
 
 @dataclass(frozen=True)

@@ -348,7 +348,9 @@ class _Search:
         params.update(seed=seed, trial_number=number, torch_threads=self.executor.threads_per_trial)
         tags = {TAG_KIND: "trial", TAG_STUDY: self.config.study_name, TAG_TRIAL: number, TAG_ARCH: arch.arch_id,
                 TAG_STATE: "RUNNING", "summary": arch.summary()}
-        self.tracker.start_run(number, f"trial-{number:04d}", tags, params, parent=PARENT)
+        # The params go out with the trial's first batch of metrics (one request fewer per trial), at most
+        # TRACKING_DELAY seconds after the start.
+        self.tracker.start_run(number, f"trial-{number:04d}", tags, params, parent=PARENT, params_delay=TRACKING_DELAY)
         self.tracker.log_dict(number, arch.to_dict(), "architecture.json")
 
     def _log_profile(self, number: int, arch: Architecture, costs: list[Any]) -> None:

@@ -6,8 +6,7 @@ down delays the writes (retried with backoff) instead of stopping the search or 
 Runs are addressed by keys (``"search"`` for the parent, the trial number for a child) that the writers
 resolve to MLflow run ids once they exist.
 
-With several writers (``tracking.writers``; by default one for a SQLite store, four for a tracking server)
-each run's writes go to one writer, in the order they were made: the parent's to the first, the trials'
+With several writers (``tracking.writers``, four by default) each run's writes go to one writer, in the order they were made: the parent's to the first, the trials'
 spread over the others. A write that needs another run (a child needs its parent's id) waits until the
 writes that create runs and were queued before it are done.
 """
@@ -24,12 +23,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-__all__ = ["Tracker", "default_writers", "experiment_id", "client_for", "log_bytes", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
+__all__ = ["Tracker", "WRITERS", "experiment_id", "client_for", "log_bytes", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
            "TAG_REASON", "TAG_KIND"]
 
 log = logging.getLogger(__name__)
@@ -132,16 +131,33 @@ class _Op:
     creates: Hashable | None = None  # the run key this write creates (ANY_RUN: it may adopt any)
     attempts: int = 0
 
-
-def default_writers(uri: str) -> int:
-    """Writer threads for a tracking URI: one for a SQLite store (its writes serialize on the file's lock
-    anyway), four for a tracking server or another database (the server does the work in its processes)."""
-    return 1 if uri.startswith("sqlite:") or "://" not in uri or uri.startswith("file:") else 4
+WRITERS = 4  # writer threads by default: docs/BENCHMARKS.md (driver capacity) measures 1, 4 and 8
 
 
 @dataclass
-class _Pending:
-    metrics: dict[Hashable, list[Metric]] = field(default_factory=dict)
+class _Buffer:
+    """Metrics (and params) of one run waiting for their batch: since when, and how long they may wait (None:
+    until a flush)."""
+    metrics: list[Metric] = field(default_factory=list)
+    params: list[Param] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
+    max_delay: float | None = None
+
+
+def _chunks(metrics: Sequence[Metric], params: Sequence[Param] = (), tags: Sequence[RunTag] = ()
+            ) -> list[tuple[list[Metric], list[Param], list[RunTag]]]:
+    """Split one batch into `log_batch` calls within MLflow's limits (1000 entities, 100 params and 100 tags
+    per call); always at least one (maybe empty) call."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    chunks = []
+    while True:
+        p, params = params[:100], params[100:]
+        t, tags = tags[:100], tags[100:]
+        room = BATCH - len(p) - len(t)
+        m, metrics = metrics[:room], metrics[room:]
+        chunks.append((m, p, t))
+        if not (metrics or params or tags):
+            return chunks
 
 
 _current = threading.local()  # the write a writer thread is performing (its `seq`)
@@ -156,11 +172,11 @@ class Tracker:
         artifact_location: where a new experiment keeps artifacts (a folder or URI); None for the server default.
         retry_for: seconds a failing write is retried before it is given up (the Optuna storage keeps the
             record; ``nas sync`` rebuilds MLflow from it).
-        writers: writer threads (None: `default_writers(uri)`); one run's writes always go to the same one.
+        writers: writer threads; one run's writes always go to the same one.
     """
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
-                 retry_for: float = 600.0, writers: int | None = None) -> None:
+                 retry_for: float = 600.0, writers: int = WRITERS) -> None:
         # MLflow's HTTP client retries a request up to 7 times with long backoff; this queue retries
         # whole writes itself, so keep single requests short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -179,17 +195,15 @@ class Tracker:
         # The artifact store of each run this tracker created (from create_run's answer): writing through it
         # spares MLflow's client a get_run per run to find where the artifacts go.
         self._artifact_repos: dict[str, Any] = {}
-        self._pending_since: dict[Hashable, float] = {}
-        self._max_delay: dict[Hashable, float] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a run id became known, or a creating write ended
         self._seq = 0
         self._creating: dict[int, Hashable] = {}  # seq -> key of each queued write that creates runs
-        self.writers = writers or default_writers(uri)
+        self.writers = writers
         if self.writers < 1:
             raise ValueError(f"writers must be at least 1, but got {writers}")
         self._lanes: list[queue.Queue[_Op | None]] = [queue.Queue() for _ in range(self.writers)]
-        self._pending = _Pending()
+        self._buffers: dict[Hashable, _Buffer] = {}  # touched by the caller's thread only
         self.failed_writes: list[str] = []
         # Seconds the writer spent per kind of write ("start run", "metrics of", "complexity_profile.png of", ...)
         # and how many: where a search's tracking time goes (benchmarks/driver_capacity.py prints it).
@@ -304,9 +318,19 @@ class Tracker:
 
     # -- runs ---------------------------------------------------------------------------------------------
     def start_run(self, key: Hashable, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any],
-                  parent: Hashable | None = None, existing_run_id: str | None = None) -> None:
-        """Create (or, with `existing_run_id`, reopen) the run of `key`, with tags and params."""
+                  parent: Hashable | None = None, existing_run_id: str | None = None,
+                  params_delay: float | None = None) -> None:
+        """Create (or, with `existing_run_id`, reopen) the run of `key`, with tags and params.
 
+        `params_delay`: the params wait (at most that many seconds, see `flush_stale`) to go out in the run's
+        next batch of metrics instead of a request of their own; None: written with the run's creation.
+        """
+        param_list = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        if params_delay is not None:
+            buffer = self._buffers.setdefault(key, _Buffer())
+            buffer.params.extend(param_list)
+            buffer.max_delay = params_delay if buffer.max_delay is None else min(buffer.max_delay, params_delay)
+            param_list = []
         tried = []
 
         def create() -> None:
@@ -327,9 +351,9 @@ class Tracker:
                     run = self.client.create_run(self._exp(), tags=all_tags, run_name=run_name)
                     run_id = run.info.run_id
                     self._remember_artifact_store(run_id, run.info.artifact_uri)
-            with self._lock:
+            with self._changed:
                 self._run_ids[key] = run_id
-            param_list = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+                self._changed.notify_all()
             for start in range(0, len(param_list), 100):
                 self.client.log_batch(run_id, params=param_list[start:start + 100], synchronous=True)
             if existing_run_id is not None and all_tags:
@@ -366,33 +390,46 @@ class Tracker:
         """Buffer metrics of `key` at `step`; they are written in one batch at the next flush of that run
         (`flush`: now; `max_delay`: once the oldest buffered metric of the run is that many seconds old)."""
         now = int(time.time() * 1000)
-        batch = self._pending.metrics.setdefault(key, [])
-        since = self._pending_since.setdefault(key, time.monotonic())
+        buffer = self._buffers.setdefault(key, _Buffer())
         if max_delay is not None:
-            self._max_delay[key] = max_delay
-        batch.extend(Metric(name, float(value), now, int(step)) for name, value in metrics.items())
-        if flush or len(batch) >= BATCH or (max_delay is not None and time.monotonic() - since >= max_delay):
+            buffer.max_delay = max_delay
+        buffer.metrics.extend(Metric(name, float(value), now, int(step)) for name, value in metrics.items())
+        if flush or len(buffer.metrics) >= BATCH or (max_delay is not None and
+                                                      time.monotonic() - buffer.since >= max_delay):
             self.flush_metrics(key)
 
     def flush_stale(self) -> None:
         """Write the buffered metrics that have waited their `max_delay` (call it from the loop that logs them)."""
         now = time.monotonic()
-        for key, since in list(self._pending_since.items()):
-            if key in self._max_delay and now - since >= self._max_delay[key]:
+        for key, buffer in list(self._buffers.items()):
+            if buffer.max_delay is not None and now - buffer.since >= buffer.max_delay:
                 self.flush_metrics(key)
 
     def flush_metrics(self, key: Hashable) -> None:
-        self._pending_since.pop(key, None)
-        batch = self._pending.metrics.pop(key, [])
-        if not batch:
+        """Queue the buffered metrics (and params) of `key` as one batch."""
+        buffer = self._buffers.pop(key, None)
+        if buffer is None or not (buffer.metrics or buffer.params):
             return
+        write = self._batch_writer(key, _chunks(buffer.metrics, buffer.params))
+        self._submit(f"metrics of {key}", write, key)
+
+    def _batch_writer(self, key: Hashable, chunks: list[tuple[list[Metric], list[Param], list[RunTag]]],
+                      then: Callable[[str], None] | None = None) -> Callable[[], None]:
+        """A write of `chunks` to `key`'s run, then `then(run_id)`; a retry skips the chunks already written."""
+        written: list[int] = []
 
         def write() -> None:
             run_id = self._run_id(key)
-            for start in range(0, len(batch), BATCH):
-                self.client.log_batch(run_id, metrics=batch[start:start + BATCH], synchronous=True)
+            for n, (metrics, params, tags) in enumerate(chunks):
+                if n in written:
+                    continue
+                if metrics or params or tags:
+                    self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
+                written.append(n)
+            if then is not None:
+                then(run_id)
 
-        self._submit(f"metrics of {key}", write, key)
+        return write
 
     def set_tags(self, key: Hashable, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -468,31 +505,16 @@ class Tracker:
         one batch and one status change (a retry after a failed status change does not log the batch twice)."""
         if metrics:
             self.log_metrics(key, metrics, step)
-        self._pending_since.pop(key, None)
-        self._max_delay.pop(key, None)  # the run ends: nothing more is buffered for it
-        batch = self._pending.metrics.pop(key, [])
+        buffer = self._buffers.pop(key, None) or _Buffer()  # the run ends: nothing more is buffered for it
         items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        written: list[int] = []
-
-        def write() -> None:
-            run_id = self._run_id(key)
-            size = BATCH - 100  # room for the tags: MLflow takes at most 1000 entities per batch
-            chunks = [batch[i:i + size] for i in range(0, len(batch), size)] or [[]]
-            for n, chunk in enumerate(chunks):
-                if n in written:
-                    continue
-                tag_part = items if n == 0 else []
-                if chunk or tag_part:
-                    self.client.log_batch(run_id, metrics=chunk, tags=tag_part, synchronous=True)
-                written.append(n)
-            self.client.set_terminated(run_id, status=status)
-
+        write = self._batch_writer(key, _chunks(buffer.metrics, buffer.params, items),
+                                   then=lambda run_id: self.client.set_terminated(run_id, status=status))
         self._submit(f"end run {key}", write, key)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued write is done; False if `timeout` seconds passed first."""
-        for key in list(self._pending.metrics):
+        for key in list(self._buffers):
             self.flush_metrics(key)
         if timeout is None:
             for lane in self._lanes:

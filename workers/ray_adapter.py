@@ -57,12 +57,17 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
     model = seeded_model(arch, data, spec.seed)
     diagnostics: dict[str, float] = {}
     diagnose_s = 0.0
-    if spec.diagnostics:
-        # The geometry of the curve at initialization, before any step (own generators: training unchanged).
+
+    def diagnose_as(prefix: str) -> None:
+        # The geometry of the curve (own generators: training unchanged), timed apart from the training.
+        nonlocal diagnose_s
         started = time.perf_counter()
         costs = layer_costs(arch, tuple(data.x_train.shape[1:]), int(data.num_classes))
-        diagnostics.update({f"init.{k}": v for k, v in diagnose(model, arch, data.x_val, costs, seed=spec.seed).items()})
+        diagnostics.update({f"{prefix}.{k}": v for k, v in diagnose(model, arch, data.x_val, costs, seed=spec.seed).items()})
         diagnose_s += time.perf_counter() - started
+
+    if spec.diagnostics:
+        diagnose_as("init")  # before any step
     steps = fit_steps(model, data, spec.train, seed=spec.seed)
     while True:
         try:
@@ -73,10 +78,8 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
         yield {"kind": "report", "epoch": epoch, "metrics": metrics}
     payload = result.to_dict()
     if spec.diagnostics:
-        started = time.perf_counter()
-        diagnostics.update({f"trained.{k}": v for k, v in diagnose(model, arch, data.x_val, costs, seed=spec.seed).items()})
+        diagnose_as("trained")
         payload["diagnostics"] = diagnostics
-        diagnose_s += time.perf_counter() - started
     payload["diagnose_time"] = diagnose_s  # seconds of the geometry diagnostics, outside the trainer's wall_time
     if spec.evaluate_test:
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")

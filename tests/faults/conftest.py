@@ -23,9 +23,10 @@ def free_port() -> int:
 class MlflowServer:
     """A real `mlflow server` process on 127.0.0.1 over a PostgreSQL backend store; can stop and restart."""
 
-    def __init__(self, backend: str, artifacts: Path, workers: int = 1) -> None:
+    def __init__(self, backend: str, artifacts: Path, workers: int = 1, serve_artifacts: bool = True) -> None:
         self.backend = backend
         self.workers = workers
+        self.serve_artifacts = serve_artifacts  # False: clients write artifacts straight to `artifacts`
         self.artifacts = artifacts
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -33,8 +34,10 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> "MlflowServer":
         mlflow = str(Path(sys.executable).with_name("mlflow"))
+        artifacts = (["--artifacts-destination", str(self.artifacts)] if self.serve_artifacts else
+                     ["--no-serve-artifacts", "--default-artifact-root", self.artifacts.resolve().as_uri()])
         self.process = subprocess.Popen(
-            [mlflow, "server", "--backend-store-uri", self.backend, "--artifacts-destination", str(self.artifacts),
+            [mlflow, "server", "--backend-store-uri", self.backend, *artifacts,
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout

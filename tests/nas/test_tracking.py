@@ -122,9 +122,39 @@ def test_a_child_whose_parent_never_comes_is_skipped_not_waited_for_forever(tmp_
     tracker.close()
 
 
-def test_writers_default_to_one_for_sqlite_and_four_for_a_server():
-    from nas.tracking import default_writers
+def test_delayed_params_go_out_with_the_first_batch_or_after_their_delay(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "tracking-test", str(tmp_path / "artifacts"))
+    many = {f"p{i}": i for i in range(150)}  # more than one log_batch takes (100 params)
+    tracker.start_run(1, "trial-0001", {}, many, params_delay=60)
+    tracker.log_metrics(1, {"epoch/val_loss": 0.5}, step=1, max_delay=60)
+    tracker.end_run(1, "FINISHED", {"E_CNN": 0.5}, {"state": "COMPLETE"}, step=1)
+    tracker.start_run(2, "trial-0002", {}, {"depth": 3}, params_delay=0.3)  # a run that logs nothing for a while
+    _wait_for_the_queue(tracker)
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(tracker.run_id(2)).data.params == {}  # not yet: waiting for a batch to go with
+    time.sleep(0.4)
+    tracker.flush_stale()
+    _wait_for_the_queue(tracker)
+    assert client.get_run(tracker.run_id(2)).data.params == {"depth": "3"}
+    one = client.get_run(tracker.run_id(1))
+    assert one.data.params == {k: str(v) for k, v in many.items()} and one.info.status == "FINISHED"
+    assert one.data.metrics["E_CNN"] == 0.5 and one.data.tags["state"] == "COMPLETE"
+    # the params rode on the end batch: no request of their own, none at the start
+    assert tracker.write_seconds["start run"][0] == 2 and "params of" not in " ".join(tracker.write_seconds)
+    tracker.close()
 
-    assert default_writers("sqlite:///runs/mlflow.db") == 1
-    assert default_writers("http://127.0.0.1:5000") == 4
-    assert default_writers("postgresql://u@h/db") == 4
+
+def test_a_batch_is_split_within_mlflows_limits():
+    from mlflow.entities import Metric, Param, RunTag
+
+    from nas.tracking import _chunks
+
+    metrics = [Metric("m", 1.0, 0, i) for i in range(2500)]
+    params = [Param(f"p{i}", "v") for i in range(150)]
+    tags = [RunTag("state", "COMPLETE")]
+    chunks = _chunks(metrics, params, tags)
+    assert all(len(m) + len(p) + len(t) <= 1000 and len(p) <= 100 and len(t) <= 100 for m, p, t in chunks)
+    assert [x for m, _, _ in chunks for x in m] == metrics  # every metric once, in order
+    assert [x for _, p, _ in chunks for x in p] == params and [x for _, _, t in chunks for x in t] == tags
+    assert _chunks([]) == [([], [], [])]  # nothing to write is still one (empty) call: the end run's status follows
