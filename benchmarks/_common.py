@@ -186,7 +186,7 @@ def _category(comm: str) -> str:
 class CpuMeter:
     """CPU seconds used during a window, sampled from /proc in a background thread.
 
-    Splits the time into this process's threads (the driver's main thread, the MLflow writer thread,
+    Splits the time into this process's threads (the driver's main thread, the MLflow writer threads,
     Ray's threads), our child processes (Ray's raylet, GCS, workers) and everything else on the machine
     ("other processes": another engineer's tests, for example). A process that starts and ends between
     two samples (every `interval` seconds) is missed.
@@ -248,7 +248,7 @@ class CpuMeter:
             ours[cat] = ours.get(cat, 0.0) + self._last[key] - self._first[key]
         threads: dict[str, float] = {}
         for tid, (label, cpu) in self._threads_last.items():
-            label = {"geonas-tracking": "driver: MLflow writer thread", "main": "driver: main thread"}.get(
+            label = {"geonas-tracking": "driver: MLflow writer threads", "main": "driver: main thread"}.get(
                 label, "driver: other threads (Ray client, torch, ...)")
             threads[label] = threads.get(label, 0.0) + cpu - self._threads_first[tid][1]
         others: dict[str, float] = {}

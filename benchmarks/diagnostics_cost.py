@@ -12,7 +12,7 @@ on one torch thread (a Ray worker with cpus_per_trial = 1). The figure is
     ratio = Σ (diagnose(init) + diagnose(trained)) time / Σ training time
 
 with the training time the trainer's own wall time (`TrialResult.wall_time`). The target is <= 10%.
-Rendering the diagnostics figure (done on the driver's MLflow writer thread, not in the worker) is timed
+Rendering the diagnostics figure (done on one of the driver's MLflow writer threads, not in the worker) is timed
 separately.
 """
 
