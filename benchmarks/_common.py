@@ -248,8 +248,8 @@ class CpuMeter:
             ours[cat] = ours.get(cat, 0.0) + self._last[key] - self._first[key]
         threads: dict[str, float] = {}
         for tid, (label, cpu) in self._threads_last.items():
-            label = {"geonas-tracking": "driver: MLflow writer threads", "main": "driver: main thread"}.get(
-                label, "driver: other threads (Ray client, torch, ...)")
+            label = ("driver: MLflow writer threads" if label.startswith("geonas-tracking") else
+                     "driver: main thread" if label == "main" else "driver: other threads (Ray client, torch, ...)")
             threads[label] = threads.get(label, 0.0) + cpu - self._threads_first[tid][1]
         others: dict[str, float] = {}
         for key, comm in self._others.items():

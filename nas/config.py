@@ -107,6 +107,7 @@ class SearchConfig:
     final_seeds: int = 3
     storage: str = "sqlite:///runs/optuna.db"
     study_name: str | None = None
+    diagnostics: bool = True  # the geometry diagnostics of every trained trial (docs/DIAGNOSTICS.md)
 
     def __post_init__(self) -> None:
         _choice(self.mode, MODES, "search.mode")

@@ -242,7 +242,8 @@ class _Search:
         self.live[trial.number] = trial
         self.reports[trial.number] = []
         record.dispatched_at = time.perf_counter()
-        self.executor.submit(trial.number, TaskSpec(arch.to_json(), self.config.train, seed), data_ref)
+        self.executor.submit(trial.number, TaskSpec(arch.to_json(), self.config.train, seed,
+                                                    diagnostics=self.search.diagnostics), data_ref)
 
     def _handle(self, event: TrialEvent) -> None:
         trial = self.live.get(event.key)

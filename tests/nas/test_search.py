@@ -135,8 +135,9 @@ def test_infeasible_and_diverging_trials_are_recorded_and_the_search_goes_on(sto
 
 
 def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor):
+    # (and search.diagnostics=false: no geometry diagnostics are computed or logged)
     config = tiny_config(stores, name="pareto", search={"mode": "pareto", "sampler": "nsga2", "n_trials": 4,
-                                                        "n_startup_trials": 4, "final_seeds": 0,
+                                                        "n_startup_trials": 4, "final_seeds": 0, "diagnostics": False,
                                                         "storage": stores["storage"]})
     outcome = run_search(config, executor=ray_executor)
     study = optuna.load_study(study_name="pareto", storage=stores["storage"])
@@ -149,6 +150,9 @@ def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor)
     # the service's front equals Optuna's own Pareto set on the same trials (up to duplicate points)
     optuna_front = {tuple(t.values) for t in study.best_trials}
     assert {(p.macs, p.val_error) for p in outcome.front} == optuna_front
+    _, _, children = _runs(stores["tracking"], "pareto")
+    assert children and not any(k.startswith("diag.") for c in children for k in c.data.metrics)
+    assert all(r.diagnose_time == 0.0 for r in outcome.records.values())
 
 
 def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores, ray_executor):
