@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None, session: RaySession | None = None) -> di
     p.add_argument("--max-epochs", type=int, default=60, help="the rule's cap (train.max_epochs)")
     p.add_argument("--seed", type=int, default=0, help="config seed (the sampler's seed)")
     p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument("--rule-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="overrides of the rule run only (e.g. train.patience=4), to try other tolerances")
     args = p.parse_args(argv)
     quiet_logs()
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-    variants = [("fixed-point rule", [f"train.max_epochs={args.max_epochs}"])]
+    variants = [("fixed-point rule", [f"train.max_epochs={args.max_epochs}", *args.rule_set])]
     variants += [(f"fixed {b} epochs", [f"train.max_epochs={b}", "train.loss_tol=0", "train.update_tol=0"])
                  for b in budgets]
     results: dict[str, Any] = {"benchmark": "fixed_point", "machine": machine(), "target_saving": TARGET_SAVING,
