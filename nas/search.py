@@ -118,6 +118,9 @@ class _Search:
         self.loop_time = 0.0
         self.resumed = bool(self.study.get_trials(deepcopy=False))
         self.requeued = self._requeue_stale_trials()
+        # The trials of earlier drivers: the only ones whose MLflow runs the opening of the runs may repair
+        # (this driver's own trials get theirs from its tracker, even when one finishes before that opening).
+        self.earlier_trials = {t.number for t in self.study.get_trials(deepcopy=False)}
         self._store_study_attrs()
         self._load_finished()
 
@@ -521,6 +524,8 @@ def _open_search_runs(tracker: Tracker, client: Any, search: "_Search", tags: di
         # Records an earlier driver left incomplete (it died with writes queued, or the server was down).
         attrs = search.study.user_attrs
         for trial in search.study.get_trials(deepcopy=False, states=FINISHED_STATES):
+            if trial.number not in search.earlier_trials:
+                continue  # this driver's own trial: its start is queued on the tracker, a second run would double it
             sync_trial(client, exp, name, parent_id, trial, children.get(trial.number),
                        tuple(attrs["input_shape"]), attrs["num_classes"])
 

@@ -166,3 +166,30 @@ def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores
     assert second.final_test == first.final_test  # test results are not recomputed (the test split is read once)
     _, parents, children = _runs(stores["tracking"], "again")
     assert len(parents) == 1 and len(children) == 3
+
+
+def test_a_resumed_search_whose_run_lookup_is_slow_gives_each_new_trial_one_run(stores, ray_executor, monkeypatch):
+    # On resume the tracker first looks up the runs of earlier drivers and repairs them. When that is slow
+    # (a loaded tracking server) this driver's first trials finish before it: the repair must leave them to
+    # the tracker, or they get two runs each.
+    import time as time_module
+
+    import nas.search as search_module
+
+    first = tiny_config(stores, name="slowopen", search={"n_trials": 2, "sampler": "random", "final_seeds": 0,
+                                                         "storage": stores["storage"]})
+    run_search(first, executor=ray_executor)
+    opening = search_module._open_search_runs
+
+    def slow_open(*args: Any, **kwargs: Any) -> None:
+        time_module.sleep(8)  # the resumed driver's trials (a few epochs each) finish meanwhile
+        opening(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "_open_search_runs", slow_open)
+    resumed = tiny_config(stores, name="slowopen", search={"n_trials": 5, "sampler": "random", "final_seeds": 0,
+                                                           "storage": stores["storage"]})
+    outcome = run_search(resumed, executor=ray_executor)
+    assert outcome.count("COMPLETE") + outcome.count("PRUNED") + outcome.count("FAIL") >= 3
+    _, parents, children = _runs(stores["tracking"], "slowopen")
+    numbers = sorted(int(r.data.tags["trial_number"]) for r in children)
+    assert len(parents) == 1 and numbers == [0, 1, 2, 3, 4]
