@@ -118,9 +118,10 @@ class _Search:
         self.loop_time = 0.0
         self.resumed = bool(self.study.get_trials(deepcopy=False))
         self.requeued = self._requeue_stale_trials()
-        # The trials of earlier drivers: the only ones whose MLflow runs the opening of the runs may repair
-        # (this driver's own trials get theirs from its tracker, even when one finishes before that opening).
-        self.earlier_trials = {t.number for t in self.study.get_trials(deepcopy=False)}
+        # The trials earlier drivers finished: the only ones whose MLflow runs the opening of the runs may
+        # repair. This driver's own trials (requeued ones included: they wait in the study under their number)
+        # get theirs from its tracker, even when one finishes before that opening.
+        self.earlier_trials = {t.number for t in self.study.get_trials(deepcopy=False, states=FINISHED_STATES)}
         self._store_study_attrs()
         self._load_finished()
 
