@@ -160,6 +160,7 @@ def _chunks(metrics: Sequence[Metric], params: Sequence[Param] = (), tags: Seque
             return chunks
 
 
+_FIGURES = threading.Lock()
 _current = threading.local()  # the write a writer thread is performing (its `seq`)
 
 
@@ -444,18 +445,19 @@ class Tracker:
         self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, data, artifact_file), key)
 
     def log_figure(self, key: Hashable, make_figure: Callable[[], Any], artifact_file: str) -> None:
-        """Render a matplotlib figure on the writer thread (off the driver's path) and log it as PNG."""
+        """Render a matplotlib figure on a writer thread (off the driver's path) and log it as PNG."""
 
         def write() -> None:
             from nas.plots import close
 
-            fig = make_figure()
-            try:
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format="png")
-                self._log_artifact_bytes(key, buffer.getvalue(), artifact_file)
-            finally:
-                close(fig)
+            with _FIGURES:  # matplotlib's pyplot state is not thread-safe: one figure at a time over the writers
+                fig = make_figure()
+                try:
+                    buffer = io.BytesIO()
+                    fig.savefig(buffer, format="png")
+                finally:
+                    close(fig)
+            self._log_artifact_bytes(key, buffer.getvalue(), artifact_file)
 
         self._submit(f"{artifact_file} of {key}", write, key)
 
@@ -487,7 +489,7 @@ class Tracker:
         self._submit(f"model of {key}", write, key)
 
     def log_png(self, key: Hashable, make_png: Callable[[], bytes], artifact_file: str) -> None:
-        """Render PNG bytes on the writer thread and log them as `artifact_file`."""
+        """Render PNG bytes on a writer thread and log them as `artifact_file`."""
 
         self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, make_png(), artifact_file),
                      key)
