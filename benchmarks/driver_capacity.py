@@ -86,11 +86,9 @@ STORAGE_FORMATS = {
 
 
 def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str,
-            label: str, tracking: dict[str, Any]) -> dict[str, Any]:
+            label: str, tracking: dict[str, Any], kind: str) -> dict[str, Any]:
     from nas.search import run_search
 
-    tracking = dict(tracking)
-    kind = tracking.pop("kind")
     config = _config(storage, folder, n_trials, sampler, name, tracking)
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     outcome = run_search(config, executor=executor)
@@ -112,7 +110,7 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
 def _tracking_store(kind: str, folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The MLflow side of one measurement: a SQLite store in the driver, or a fresh `mlflow server` process."""
     if kind == "sqlite":
-        yield {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts"), "kind": kind}
+        yield {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")}
         return
     if kind not in ("server", "server-direct"):
         raise SystemExit(f"--tracking: unknown store {kind!r} (sqlite, server or server-direct)")
@@ -124,7 +122,7 @@ def _tracking_store(kind: str, folder: Path, args: argparse.Namespace) -> Iterat
     server = MlflowServer(backend, folder / "server-artifacts", workers=args.server_workers,
                           serve_artifacts=kind == "server").start()
     try:
-        yield {"uri": server.url, "artifact_location": None, "kind": kind}
+        yield {"uri": server.url, "artifact_location": None}
     finally:
         server.stop()
         drop()
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--samplers", default="random,tpe")
     parser.add_argument("--storages", default="sqlite,postgresql,journal,journal-async",
                         help="comma-separated: sqlite, " + ", ".join(STORAGE_FORMATS))
-    parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server")
+    parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server, server-direct")
     parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the config's)")
     parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
     parser.add_argument("--out", help="write the figures as JSON here")
@@ -159,12 +157,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                 tracking["writers"] = writers
                             if storage == "sqlite":
                                 rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler,
-                                                    executor, f"capacity-sqlite-{sampler}", storage, tracking))
+                                                    executor, f"capacity-sqlite-{sampler}", storage, tracking,
+                                                    tracking_kind))
                                 continue
                             url, drop = _pg_database(args.pg)
                             try:
                                 rows.append(measure(STORAGE_FORMATS[storage](url), folder, args.trials, sampler,
-                                                    executor, f"capacity-{storage}-{sampler}", storage, tracking))
+                                                    executor, f"capacity-{storage}-{sampler}", storage, tracking,
+                                                    tracking_kind))
                             finally:
                                 drop()
     finally:

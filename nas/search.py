@@ -26,7 +26,8 @@ from nas.provenance import environment
 from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
                        trial_attrs)
 from nas.sync import profile_json
-from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
+from nas.tracking import (PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker,
+                          log_in_batches)
 from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
                            total_params)
 from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
@@ -518,9 +519,7 @@ def _open_search_runs(tracker: Tracker, client: Any, search: "_Search", tags: di
     tracker.adopt(PARENT, parent_id)
     for number, run_id in children.items():
         tracker.adopt(number, run_id)
-    missing = [Param(k, str(v)) for k, v in params.items() if k not in existing]
-    for start in range(0, len(missing), 100):
-        client.log_batch(parent_id, params=missing[start:start + 100], synchronous=True)
+    log_in_batches(client, parent_id, params=[Param(k, str(v)) for k, v in params.items() if k not in existing])
     if search.resumed:
         # Records an earlier driver left incomplete (it died with writes queued, or the server was down).
         attrs = search.study.user_attrs

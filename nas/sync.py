@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.energy import FrontPoint, hypervolume, pareto_front
 from nas.study import ATTR, front_points, trial_attrs
-from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, log_bytes
+from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, log_bytes, log_in_batches
 
 __all__ = ["sync_study", "find_runs", "run_status", "SyncReport"]
 
@@ -151,11 +151,7 @@ def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent
     for name, value in final_metrics(trial).items():
         if not _same(data.metrics.get(name), value):
             metrics.append(Metric(name, value, 0, step))
-    for start in range(0, max(len(params), len(new_tags), len(metrics)), 100):
-        chunk = (params[start:start + 100], new_tags[start:start + 100], metrics[start:start + 100])
-        if any(chunk):
-            client.log_batch(run_id, metrics=chunk[2], params=chunk[0], tags=chunk[1], synchronous=True)
-            wrote = True
+    wrote |= log_in_batches(client, run_id, metrics, params, new_tags)
     wrote |= _sync_trial_artifacts(client, run_id, trial, input_shape, num_classes)
     status = run_status(trial)
     if run.info.status != status and status not in ("RUNNING", "SCHEDULED"):
@@ -234,9 +230,7 @@ def sync_study(study: optuna.Study, client: MlflowClient, experiment_id: str) ->
         parent_id = client.create_run(experiment_id, tags=tags, run_name=str(attrs.get("config_name", name))).info.run_id
         report.parent_created = True
         config_params = attrs.get("config_params") or {}
-        params = [Param(k, str(v)) for k, v in config_params.items()]
-        for start in range(0, len(params), 100):
-            client.log_batch(parent_id, params=params[start:start + 100], synchronous=True)
+        log_in_batches(client, parent_id, params=[Param(k, str(v)) for k, v in config_params.items()])
         if attrs.get("config_yaml"):
             client.log_text(parent_id, attrs["config_yaml"], "config.yaml")
     input_shape = tuple(attrs["input_shape"]) if attrs.get("input_shape") else None

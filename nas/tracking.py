@@ -28,7 +28,9 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-__all__ = ["Tracker", "WRITERS", "experiment_id", "client_for", "log_bytes", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
+from nas.config import TrackingConfig
+
+__all__ = ["Tracker", "experiment_id", "client_for", "log_bytes", "log_in_batches", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
            "TAG_REASON", "TAG_KIND"]
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,6 @@ class _Op:
     creates: Hashable | None = None  # the run key this write creates (ANY_RUN: it may adopt any)
     attempts: int = 0
 
-WRITERS = 4  # writer threads by default: docs/BENCHMARKS.md (driver capacity) measures 1, 4 and 8
 
 
 @dataclass
@@ -160,6 +161,18 @@ def _chunks(metrics: Sequence[Metric], params: Sequence[Param] = (), tags: Seque
             return chunks
 
 
+def log_in_batches(client: MlflowClient, run_id: str, metrics: Sequence[Metric] = (), params: Sequence[Param] = (),
+                   tags: Sequence[RunTag] = ()) -> bool:
+    """Log metrics, params and tags to `run_id` in as few `log_batch` calls as MLflow's limits allow;
+    True if anything was written."""
+    wrote = False
+    for m, p, t in _chunks(metrics, params, tags):
+        if m or p or t:
+            client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+            wrote = True
+    return wrote
+
+
 _FIGURES = threading.Lock()
 _current = threading.local()  # the write a writer thread is performing (its `seq`)
 
@@ -177,7 +190,7 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
-                 retry_for: float = 600.0, writers: int = WRITERS) -> None:
+                 retry_for: float = 600.0, writers: int = TrackingConfig.writers) -> None:
         # MLflow's HTTP client retries a request up to 7 times with long backoff; this queue retries
         # whole writes itself, so keep single requests short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -273,7 +286,7 @@ class Tracker:
     def _lane(self, key: Hashable) -> int:
         """The writer of `key`'s runs: the first for the parent (and writes not tied to one run), the others
         for the trials, spread by key."""
-        if self.writers == 1 or key is None or key == PARENT or not isinstance(key, int):
+        if self.writers == 1 or not isinstance(key, int):  # the parent ("search") and writes of no run
             return 0
         return 1 + key % (self.writers - 1)
 
@@ -287,10 +300,13 @@ class Tracker:
 
     def _run_id(self, key: Hashable) -> str:
         """`key`'s run id; waits while a write queued before the calling one may still create that run."""
-        me = getattr(_current, "seq", None)
+        me = getattr(_current, "seq", None)  # None outside a writer: any queued creation counts
+
+        def may_come() -> bool:
+            return any((me is None or seq < me) and created in (key, ANY_RUN) for seq, created in self._creating.items())
+
         with self._changed:
-            while key not in self._run_ids and not self._stopped.is_set() and any(
-                    seq < (me or seq + 1) and created in (key, ANY_RUN) for seq, created in self._creating.items()):
+            while key not in self._run_ids and not self._stopped.is_set() and may_come():
                 self._changed.wait(0.5)
             if key not in self._run_ids:
                 raise _NoRun(f"no MLflow run for {key!r}")
@@ -355,10 +371,8 @@ class Tracker:
             with self._changed:
                 self._run_ids[key] = run_id
                 self._changed.notify_all()
-            for start in range(0, len(param_list), 100):
-                self.client.log_batch(run_id, params=param_list[start:start + 100], synchronous=True)
-            if existing_run_id is not None and all_tags:
-                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()], synchronous=True)
+            reopened = [RunTag(k, v) for k, v in all_tags.items()] if existing_run_id is not None else []
+            log_in_batches(self.client, run_id, params=param_list, tags=reopened)
 
         self._submit(f"start run {key}", create, key, creates=key)
 
