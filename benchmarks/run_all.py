@@ -104,7 +104,7 @@ def run_one(name: str, module: Any, argv: list[str], session: RaySession | None)
         headline.append(f"parallelism 2 vs 1: {r['ratio']:.2f}x completed trials/min (target >= 1.8x)")
     elif name == "fixed_point":
         for c in r["comparisons"]:
-            headline.append(f"fixed-point rule vs {c['against']}: {100 * c['epoch_saving']:.1f}% fewer epochs, "
+            headline.append(f"{c['rule']} vs {c['against']}: {100 * c['epoch_saving']:.1f}% fewer epochs, "
                             f"HV ratio {c['hypervolume_ratio']:.3f} (target >= 40% fewer at equal quality)")
     elif name == "driver_capacity":
         for row in r:

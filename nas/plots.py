@@ -75,7 +75,7 @@ def profile_png(names: Sequence[str], macs: Sequence[int], title: str = "") -> b
         rotated = label.rotate(60, expand=True)
         image.paste(rotated, (x + bar_w // 2 - rotated.width + 6, top + height + 4), rotated)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    image.save(buffer, format="PNG", compress_level=1)  # fast zlib: one per trial; a few KB more
     return buffer.getvalue()
 
 
@@ -153,7 +153,7 @@ def diagnostics_png(init: dict[str, float], trained: dict[str, float], title: st
                       if k in init or k in trained)
     draw.text((10, 290), line, fill="black", font=_font(11))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

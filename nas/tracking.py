@@ -27,6 +27,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from nas.config import TrackingConfig
 
@@ -61,6 +62,26 @@ def _log_through_file(data: bytes, artifact_file: str, log: Callable[[str, str |
         path.write_bytes(data)
         folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
         log(str(path), folder)
+
+
+def _write_atomically(root: Path, artifact_file: str, data: bytes) -> None:
+    """Write `data` to `root`/`artifact_file` (a local artifact store) through a hidden file in the same folder
+    and a rename, as MLflow's local store does, so readers never see half a file: one file instead of a
+    temporary folder, a copy and its removal per artifact."""
+    relative = Path(artifact_file)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"artifact path must stay inside the run's artifacts, but got {artifact_file!r}")
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; an artifact is readable like any file
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
 
 
 def log_bytes(client: MlflowClient, run_id: str, data: bytes, artifact_file: str) -> None:
@@ -389,6 +410,8 @@ class Tracker:
         repo = self._artifact_repos.get(run_id)
         if repo is None:
             log_bytes(self.client, run_id, data, artifact_file)
+        elif isinstance(repo, LocalArtifactRepository):
+            _write_atomically(Path(repo.artifact_dir), artifact_file, data)
         else:
             _log_through_file(data, artifact_file, repo.log_artifact)
 

@@ -158,3 +158,23 @@ def test_a_batch_is_split_within_mlflows_limits():
     assert [x for m, _, _ in chunks for x in m] == metrics  # every metric once, in order
     assert [x for _, p, _ in chunks for x in p] == params and [x for _, _, t in chunks for x in t] == tags
     assert _chunks([]) == [([], [], [])]  # nothing to write is still one (empty) call: the end run's status follows
+
+
+def test_local_artifacts_are_written_whole_in_place_and_stay_inside_the_run(tmp_path):
+    import os
+    import stat
+
+    import pytest
+
+    from nas.tracking import _write_atomically
+
+    root = tmp_path / "run" / "artifacts"
+    _write_atomically(root, "plots/front.json", b"first")
+    _write_atomically(root, "plots/front.json", b"second")  # a later version replaces the file
+    assert (root / "plots" / "front.json").read_bytes() == b"second"
+    assert os.listdir(root / "plots") == ["front.json"]  # no staging file left behind
+    assert stat.S_IMODE((root / "plots" / "front.json").stat().st_mode) == 0o644
+    for bad in ("../outside.json", "/etc/passwd"):
+        with pytest.raises(ValueError, match="inside the run's artifacts"):
+            _write_atomically(root, bad, b"x")
+    assert not (tmp_path / "run" / "outside.json").exists()
