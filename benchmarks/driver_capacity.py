@@ -115,7 +115,7 @@ def _tracking_store(kind: str, folder: Path, args: argparse.Namespace) -> Iterat
     if kind not in ("server", "server-direct"):
         raise SystemExit(f"--tracking: unknown store {kind!r} (sqlite, server or server-direct)")
     # The same server process the fault tests run (tests/faults/conftest.py), with more worker processes.
-    from tests.faults.conftest import MlflowServer
+    from nas.testing import MlflowServer
 
     backend, drop = _pg_database(args.pg)
     (folder / "server-artifacts").mkdir()

@@ -117,14 +117,16 @@ class _Search:
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
         self.loop_time = 0.0
-        self.resumed = bool(self.study.get_trials(deepcopy=False))
-        self.requeued = self._requeue_stale_trials()
+        before = self.study.get_trials(deepcopy=False)
+        self.resumed = bool(before)
+        self.requeued = self._requeue_stale_trials([t for t in before if t.state == TrialState.RUNNING])
+        trials = self.study.get_trials(deepcopy=False) if self.requeued else before
         # The trials earlier drivers finished: the only ones whose MLflow runs the opening of the runs may
         # repair. This driver's own trials (requeued ones included: they wait in the study under their number)
         # get theirs from its tracker, even when one finishes before that opening.
-        self.earlier_trials = {t.number for t in self.study.get_trials(deepcopy=False, states=FINISHED_STATES)}
+        self.earlier_trials = {t.number for t in trials if t.state in FINISHED_STATES}
         self._store_study_attrs()
-        self._load_finished()
+        self._load_finished(trials)
 
     # -- state from the storage (a rerun of the same config resumes the study) ------------------------------
     def _store_study_attrs(self) -> None:
@@ -141,13 +143,14 @@ class _Search:
             if current.get(key) != value:
                 self.study.set_user_attr(key, value)
 
-    def _requeue_stale_trials(self) -> list[int]:
-        """Trials left RUNNING by a driver that died: mark them failed and enqueue their architectures again.
+    def _requeue_stale_trials(self, running: list[optuna.trial.FrozenTrial]) -> list[int]:
+        """Trials left RUNNING by a driver that died (`running`): mark them failed and enqueue their
+        architectures again.
 
         This driver holds the study's lock, so no live driver owns them.
         """
         stale = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in running:
             self.study._storage.set_trial_user_attr(t._trial_id, RESULT, {ATTR.REASON: "driver died: requeued",
                                                                           ATTR.REQUEUED: True})
             self.study.tell(t.number, state=TrialState.FAIL)
@@ -156,8 +159,8 @@ class _Search:
             stale.append(t.number)
         return stale
 
-    def _load_finished(self) -> None:
-        for t in self.study.get_trials(deepcopy=False):
+    def _load_finished(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        for t in trials:
             a = trial_attrs(t)
             if t.state not in FINISHED_STATES or a.get(ATTR.REQUEUED):
                 continue
@@ -169,7 +172,7 @@ class _Search:
             if t.state == TrialState.COMPLETE and ATTR.F in a:
                 self.results_by_arch.setdefault(record.arch_id, (t.number, self._stored_result(a)))
                 self._update_best(float(a[ATTR.F]))
-        self.points = front_points(self.study.get_trials(deepcopy=False))
+        self.points = front_points(trials)
 
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:

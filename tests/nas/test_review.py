@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from nas.config import config_from_dict
 from nas.data import load_dataset
 from nas.search import run_search
-from tests.faults.conftest import MlflowServer
+from nas.testing import MlflowServer
 from tests.nas.test_search import TINY_SPACE
 from workers.ray_adapter import RayExecutor
 
