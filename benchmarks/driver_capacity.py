@@ -1,8 +1,8 @@
 """Driver capacity: how many trials per second one driver can ask, dispatch, tell and track.
 
-Trivial trials (a depth-0 network, one epoch on a 64-sample slice of digits would still train for real, so
-the trials use one epoch on digits with the cheapest architecture) keep the workers idle most of the time,
-so the driver is the bottleneck. Two figures per storage:
+Trivial trials (one epoch of a one-layer CNN of 1-16 channels on digits; a new architecture almost every
+trial, so that each is dispatched to a worker) keep the workers idle most of the time, so the driver is the
+bottleneck. The figures per storage:
 
 * trials/s end to end: n_trials / the search loop's wall time (everything: Optuna storage writes, Ray
   dispatch and result, MLflow tracking queue, the workers' epoch);
@@ -42,19 +42,24 @@ from benchmarks._common import machine, machine_line, temp_folder
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-# The cheapest architecture of the cnn space (a linear classifier), one epoch: a trial's work is ~10 ms.
-TRIVIAL_SPACE = {"name": "cnn", "depth": [0, 1], "channels": [4], "kernel_sizes": [3], "activations": ["relu"],
-                 "batch_norm": [False], "downsample": ["stride"], "downsample_every": [1], "head": ["flatten"]}
+# Cheap one-layer CNNs, one epoch: a trial's training is tens of milliseconds. The space holds 3,072 distinct
+# architectures (16 widths x 2 kernels x 6 activations x 2 x 2 x 2), so that nearly every trial is dispatched
+# to a worker: a search reuses the result of an architecture it has already trained (a duplicate is asked,
+# told and tracked but never dispatched), and the report counts the trials that were dispatched.
+TRIVIAL_SPACE = {"name": "cnn", "depth": [1, 1], "channels": list(range(1, 17)), "kernel_sizes": [1, 3],
+                 "activations": ["relu", "gelu", "silu", "tanh", "sigmoid", "identity"], "batch_norm": [False, True],
+                 "downsample": ["stride", "pool"], "downsample_every": [1], "head": ["flatten", "global_pool"]}
 
 
-def _config(storage: str, folder: Path, n_trials: int, sampler: str, name: str, tracking: dict[str, Any]) -> Any:
+def _config(storage: str, folder: Path, n_trials: int, sampler: str, name: str, tracking: dict[str, Any],
+            diagnostics: bool = True) -> Any:
     from nas.config import config_from_dict
 
     return config_from_dict({
         "name": name, "seed": 0, "data": {"dataset": "digits"}, "space": TRIVIAL_SPACE,
         "train": {"max_epochs": 1},
         "search": {"n_trials": n_trials, "sampler": sampler, "pruner": "none", "bound_check": False,
-                   "final_seeds": 0, "storage": storage, "n_startup_trials": 10},
+                   "final_seeds": 0, "storage": storage, "n_startup_trials": 10, "diagnostics": diagnostics},
         "tracking": tracking,
     })
 
@@ -86,15 +91,16 @@ STORAGE_FORMATS = {
 
 
 def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: Any, name: str,
-            label: str, tracking: dict[str, Any], kind: str) -> dict[str, Any]:
+            label: str, tracking: dict[str, Any], kind: str, diagnostics: bool = True) -> dict[str, Any]:
     from nas.search import run_search
 
-    config = _config(storage, folder, n_trials, sampler, name, tracking)
+    config = _config(storage, folder, n_trials, sampler, name, tracking, diagnostics)
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     outcome = run_search(config, executor=executor)
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
-    return {"storage": label, "sampler": sampler, "trials": n_trials,
-            "tracking": kind,
+    dispatched = sum(1 for r in outcome.records.values() if r.dispatched_at)
+    return {"storage": label, "sampler": sampler, "trials": n_trials, "dispatched": dispatched,
+            "tracking": kind, "diagnostics": diagnostics,
             "writers": config.tracking.writers,
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
             "whole_run_s": round(wall, 2), "trials_per_s_whole_run": round(n_trials / wall, 1),
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server, server-direct")
     parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the config's)")
     parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="search.diagnostics=false: no geometry diagnostics in the workers, no diagnostics plot")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -145,6 +153,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     executor = RayExecutor(parallelism=2)
     executor.start()
+    # Warm-up, not measured: the first trials of a fresh Ray start its worker processes (each imports torch).
+    with temp_folder() as folder:
+        measure(f"sqlite:///{folder / 'optuna.db'}", folder, 10, "random", executor, "capacity-warm-up", "sqlite",
+                {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")},
+                "sqlite", not args.no_diagnostics)
     rows = []
     writer_counts = [int(w) for w in args.writers.split(",") if w] or [None]
     try:
@@ -158,23 +171,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                             if storage == "sqlite":
                                 rows.append(measure(f"sqlite:///{folder / 'optuna.db'}", folder, args.trials, sampler,
                                                     executor, f"capacity-sqlite-{sampler}", storage, tracking,
-                                                    tracking_kind))
+                                                    tracking_kind, not args.no_diagnostics))
                                 continue
                             url, drop = _pg_database(args.pg)
                             try:
                                 rows.append(measure(STORAGE_FORMATS[storage](url), folder, args.trials, sampler,
                                                     executor, f"capacity-{storage}-{sampler}", storage, tracking,
-                                                    tracking_kind))
+                                                    tracking_kind, not args.no_diagnostics))
                             finally:
                                 drop()
     finally:
         executor.shutdown()
     print(machine_line(machine()))
-    print("| storage | sampler | MLflow store | writers | trials | loop s | trials/s (loop) | MLflow drain after the "
+    print(f"geometry diagnostics: {'off' if args.no_diagnostics else 'on (the default)'}")
+    print("| storage | sampler | MLflow store | writers | trials | dispatched | loop s | trials/s (loop) | MLflow drain after the "
           "loop s | trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['storage']} | {r['sampler']} | {r['tracking']} | {r['writers']} | {r['trials']} | {r['loop_s']} | "
+        print(f"| {r['storage']} | {r['sampler']} | {r['tracking']} | {r['writers']} | {r['trials']} | {r['dispatched']} | "
+              f"{r['loop_s']} | "
               f"{r['trials_per_s']} | {r['drain_s']} | {r['trials_per_s_tracked']} | {r['whole_run_s']} | "
               f"{r['driver_cpu_ms_per_trial']} |")
     print("\nMLflow writers, ms of writer time per trial by kind of write, summed over writers (first row of each "
