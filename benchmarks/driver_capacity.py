@@ -120,7 +120,7 @@ def _tracking_store(kind: str, folder: Path, args: argparse.Namespace) -> Iterat
         return
     if kind not in ("server", "server-direct"):
         raise SystemExit(f"--tracking: unknown store {kind!r} (sqlite, server or server-direct)")
-    # The same server process the fault tests run (tests/faults/conftest.py), with more worker processes.
+    # The same server process the fault tests run (nas/testing.py), with more worker processes.
     from nas.testing import MlflowServer
 
     backend, drop = _pg_database(args.pg)

@@ -2,14 +2,19 @@
 
 Variants of the config (everything else identical, ``search.final_seeds=0``):
 
-* ``both``: the config as is (pruner and bound check on);
+* ``both``: pruner and bound check on;
 * ``pruner_only``: ``search.bound_check=false``;
 * ``bound_only``: ``search.pruner=none``;
 * ``neither``: both off: every proposed trial trains to its fixed point.
 
+"The pruner" is the config's (``search.pruner``), or the median pruner where the config has none
+(configs/mnist1d_cnn.yaml), or ``--pruner``; each variant sets both switches, so the config's own choice
+does not change what a variant means.
+
 Per variant and seed: total epochs trained (`SearchOutcome.epochs_trained`), final hypervolume, trials
 pruned, loop wall time. ``--reuse FILE.json`` takes the runs of a `benchmarks.search_quality` JSON whose
-label is "default" (same dataset, trials, seeds) as the ``both`` variant instead of running it again.
+label is "default" (same dataset, trials, seeds) as the ``both`` variant instead of running it again, where
+the dataset's config as is has the pruner and the bound check on.
 
 Run: ``python -m benchmarks.early_stopping [--datasets digits_cnn] [--trials 80] [--seeds 0,1,2]
 [--variants both,pruner_only,bound_only,neither] [--reuse search_quality.json] [--out FILE.json]``
@@ -25,10 +30,33 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import machine, machine_line, quiet_logs, ray_session, table, write_json
-from benchmarks.search_quality import hv_at, run_one
+from benchmarks.search_quality import DATASETS, hv_at, run_one
 
-VARIANTS = {"both": [], "pruner_only": ["search.bound_check=false"], "bound_only": ["search.pruner=none"],
-            "neither": ["search.pruner=none", "search.bound_check=false"]}
+VARIANTS = {"both": (True, True), "pruner_only": (True, False), "bound_only": (False, True), "neither": (False, False)}
+
+
+def variant_overrides(variant: str, pruner: str) -> list[str]:
+    """The overrides of `variant` (pruner on/off, bound check on/off), with `pruner` as the pruner when on."""
+    prune, bound = VARIANTS[variant]
+    return [f"search.pruner={pruner if prune else 'none'}", f"search.bound_check={'true' if bound else 'false'}"]
+
+
+def _config_is_both(dataset: str, pruner: str) -> bool:
+    """Whether `dataset`'s config as is runs variant "both" (so its search_quality runs can stand for it)."""
+    from nas.config import load_config
+
+    search = load_config(DATASETS.get(dataset, Path(dataset))).search
+    return search.pruner == pruner and search.bound_check
+
+
+def pruner_of(dataset: str, chosen: str = "") -> str:
+    """The pruner a variant with pruning uses: `chosen`, else the config's, else the median pruner."""
+    from nas.config import load_config
+
+    if chosen:
+        return chosen
+    configured = load_config(DATASETS.get(dataset, Path(dataset))).search.pruner
+    return configured if configured != "none" else "median"
 
 
 def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
@@ -38,6 +66,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--sampler", default="", help="override the config's sampler (default: keep it)")
+    p.add_argument("--pruner", default="", help="the pruner of the variants that prune (default: the config's, "
+                                                "or median where the config has none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--reuse", type=Path, help="search_quality JSON whose 'default' runs stand for variant 'both'")
     p.add_argument("--out", type=Path)
@@ -57,14 +87,17 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     with ray_session(session) as ray:
         ex = ray.executor(2)
         for dataset in [d for d in args.datasets.split(",") if d]:
+            pruner = pruner_of(dataset, args.pruner)
+            print(f"# {dataset}: the variants that prune use search.pruner={pruner}", flush=True)
             for variant in variants:
                 for seed in seeds:
                     prior_run = [r for r in reused if r["dataset"] == dataset and r["seed"] == seed
-                                 and variant == "both"]
+                                 and variant == "both" and _config_is_both(dataset, pruner)]
                     if prior_run:
                         runs.append(prior_run[0])
                         continue
-                    overrides = [f"seed={seed}", f"search.n_trials={args.trials}", *VARIANTS[variant], *args.set]
+                    overrides = [f"seed={seed}", f"search.n_trials={args.trials}",
+                                 *variant_overrides(variant, pruner), *args.set]
                     if args.sampler:
                         overrides.append(f"search.sampler={args.sampler}")
                     runs.append(run_one(dataset, overrides, ex, label=variant))
