@@ -100,6 +100,7 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
     dispatched = sum(1 for r in outcome.records.values() if r.dispatched_at)
     return {"storage": label, "sampler": sampler, "trials": n_trials, "dispatched": dispatched,
+            "parallelism": executor.parallelism,
             "tracking": kind, "diagnostics": diagnostics,
             "writers": config.tracking.writers,
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server, server-direct")
     parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the config's)")
     parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
+    parser.add_argument("--parallelism", type=int, default=2,
+                        help="trials in flight; above the cores, Ray queues the extra ones, so the driver never waits "
+                             "for a worker to ask and dispatch the next trial")
     parser.add_argument("--no-diagnostics", action="store_true",
                         help="search.diagnostics=false: no geometry diagnostics in the workers, no diagnostics plot")
     parser.add_argument("--out", help="write the figures as JSON here")
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from workers.ray_adapter import RayExecutor
 
-    executor = RayExecutor(parallelism=2)
+    executor = RayExecutor(parallelism=args.parallelism)
     executor.start()
     # Warm-up, not measured: the first trials of a fresh Ray start its worker processes (each imports torch).
     with temp_folder() as folder:
@@ -183,7 +187,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     finally:
         executor.shutdown()
     print(machine_line(machine()))
-    print(f"geometry diagnostics: {'off' if args.no_diagnostics else 'on (the default)'}")
+    print(f"geometry diagnostics: {'off' if args.no_diagnostics else 'on (the default)'}; "
+          f"trials in flight: {args.parallelism}")
     print("| storage | sampler | MLflow store | writers | trials | dispatched | loop s | trials/s (loop) | MLflow drain after the "
           "loop s | trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
