@@ -158,10 +158,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     executor = RayExecutor(parallelism=args.parallelism)
     executor.start()
     # Warm-up, not measured: the first trials of a fresh Ray start its worker processes (each imports torch).
-    with temp_folder() as folder:
+    with temp_folder() as folder, _tracking_store("sqlite", folder, args) as tracking:
         measure(f"sqlite:///{folder / 'optuna.db'}", folder, 10, "random", executor, "capacity-warm-up", "sqlite",
-                {"uri": f"sqlite:///{folder / 'mlflow.db'}", "artifact_location": str(folder / "artifacts")},
-                "sqlite", not args.no_diagnostics)
+                tracking, "sqlite", not args.no_diagnostics)
     rows = []
     writer_counts = [int(w) for w in args.writers.split(",") if w] or [None]
     try:

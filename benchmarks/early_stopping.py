@@ -41,22 +41,14 @@ def variant_overrides(variant: str, pruner: str) -> list[str]:
     return [f"search.pruner={pruner if prune else 'none'}", f"search.bound_check={'true' if bound else 'false'}"]
 
 
-def _config_is_both(dataset: str, pruner: str) -> bool:
-    """Whether `dataset`'s config as is runs variant "both" (so its search_quality runs can stand for it)."""
+def pruner_of(dataset: str, chosen: str = "") -> tuple[str, bool]:
+    """The pruner a variant with pruning uses (`chosen`, else the config's, else the median pruner), and
+    whether the config as is runs variant "both" with it (so its search_quality runs can stand for it)."""
     from nas.config import load_config
 
     search = load_config(DATASETS.get(dataset, Path(dataset))).search
-    return search.pruner == pruner and search.bound_check
-
-
-def pruner_of(dataset: str, chosen: str = "") -> str:
-    """The pruner a variant with pruning uses: `chosen`, else the config's, else the median pruner."""
-    from nas.config import load_config
-
-    if chosen:
-        return chosen
-    configured = load_config(DATASETS.get(dataset, Path(dataset))).search.pruner
-    return configured if configured != "none" else "median"
+    pruner = chosen or (search.pruner if search.pruner != "none" else "median")
+    return pruner, search.pruner == pruner and search.bound_check
 
 
 def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
@@ -87,12 +79,12 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     with ray_session(session) as ray:
         ex = ray.executor(2)
         for dataset in [d for d in args.datasets.split(",") if d]:
-            pruner = pruner_of(dataset, args.pruner)
+            pruner, config_is_both = pruner_of(dataset, args.pruner)
             print(f"# {dataset}: the variants that prune use search.pruner={pruner}", flush=True)
             for variant in variants:
                 for seed in seeds:
                     prior_run = [r for r in reused if r["dataset"] == dataset and r["seed"] == seed
-                                 and variant == "both" and _config_is_both(dataset, pruner)]
+                                 and variant == "both" and config_is_both]
                     if prior_run:
                         runs.append(prior_run[0])
                         continue

@@ -35,9 +35,8 @@ def main(argv: list[str] | None = None, session: RaySession | None = None) -> di
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--budgets", default="60,30", help="fixed epoch budgets to compare, comma-separated")
     p.add_argument("--max-epochs", type=int, default=60, help="the rule's cap (train.max_epochs)")
-    p.add_argument("--seed", type=int, default=None, help="config seed (the sampler's seed); same as --seeds N")
     p.add_argument("--seeds", default="0",
-                   help="comma-separated config seeds: one draw of architectures per seed, summed over seeds")
+                   help="comma-separated config seeds (the sampler's): one draw of architectures per seed, summed")
     p.add_argument("--parallelism", type=int, default=1)
     p.add_argument("--rule-set", action="append", default=[], metavar="KEY=VALUE",
                    help="overrides of the rule run only (e.g. train.patience=4), to try other tolerances")
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None, session: RaySession | None = None) -> di
                    help="another rule run with these overrides, compared with the same budgets (repeatable)")
     args = p.parse_args(argv)
     quiet_logs()
-    seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     rules = [("fixed-point rule", [f"train.max_epochs={args.max_epochs}", *args.rule_set])]
     rules += [(f"rule, {v}", [f"train.max_epochs={args.max_epochs}", *v.split(",")]) for v in args.variant]

@@ -8,9 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from nas.testing import MlflowServer, free_port
-
-__all__ = ["MlflowServer", "free_port"]  # tests import them from here as well
+from nas.testing import MlflowServer
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from nas.config import load_config
 from nas.search import run_search
 from nas.study import make_storage
-from tests.faults.conftest import free_port, wait_for
+from nas.testing import free_port
+from tests.faults.conftest import wait_for
 from tests.nas.test_search import TINY_SPACE
 
 ROOT = Path(__file__).resolve().parents[2]

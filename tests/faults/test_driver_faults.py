@@ -25,7 +25,8 @@ from optuna.trial import TrialState
 from nas.config import config_from_dict
 from nas.search import run_search
 from nas.study import make_storage, trial_attrs
-from tests.faults.conftest import MlflowServer, free_port, wait_for
+from nas.testing import MlflowServer, free_port
+from tests.faults.conftest import wait_for
 from tests.nas.test_search import TINY_SPACE
 
 SLOW = {"max_epochs": 25, "patience": 25, "loss_tol": 0.0, "update_tol": 0.0}
