@@ -43,7 +43,7 @@ __all__ = [
 DATASETS = ("digits", "mnist1d", "npz")
 MODES = ("scalar", "pareto")
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
-PRUNERS = ("median", "successive_halving", "none")
+PRUNERS = ("median", "successive_halving", "dominance", "none")
 
 
 def _check(ok: bool, path: str, message: str) -> None:

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["energy", "complexity_term", "bound_excludes", "FrontPoint", "pareto_front", "hypervolume"]
+__all__ = ["energy", "complexity_term", "bound_excludes", "FrontPoint", "pareto_front", "hypervolume",
+           "best_so_far", "dominating_trial"]
 
 
 def complexity_term(e_comp: float, lam: float, scale: float) -> float:
@@ -79,3 +80,40 @@ def hypervolume(front: Sequence[FrontPoint], reference: tuple[float, float]) -> 
             area += (ref_macs - point.macs) * (previous_error - point.val_error)
             previous_error = point.val_error
     return area / (ref_macs * ref_error)
+
+
+def best_so_far(errors: Iterable[float | None]) -> list[float]:
+    """The lowest validation error after each epoch (unknown values carry the previous best; inf before any)."""
+    out: list[float] = []
+    best = math.inf
+    for error in errors:
+        if error is not None and math.isfinite(error):
+            best = min(best, error)
+        out.append(best)
+    return out
+
+
+def dominating_trial(completed: Iterable[tuple[int, float, Sequence[float]]], macs: float, errors: Sequence[float],
+                     ) -> tuple[int, float] | None:
+    """A completed trial that dominates a running one at equal training, or None (the dominance pruner).
+
+    The running trial has `macs` and its `best_so_far` validation errors after each of its epochs so far.
+    A completed trial ``(number, macs, best_so_far errors)`` dominates it when it costs no more MACs and its
+    best error after as many epochs (its last value if it stopped earlier) is strictly lower. Such a running
+    trial would join the front only by overtaking, later in training, a cheaper net it trails now. A trial
+    cheaper than every completed one is never dominated, so the cheap end of the front is never pruned.
+
+    Returns:
+        (number, error) of the cheapest dominating trial (ties: the lowest error, then number).
+    """
+    if not errors:
+        return None
+    epoch, error = len(errors), errors[-1]
+    found: tuple[float, float, int] | None = None
+    for number, other_macs, other in completed:
+        if other_macs > macs or not other:
+            continue
+        other_error = other[min(epoch, len(other)) - 1]
+        if other_error < error and (found is None or (other_macs, other_error, number) < found):
+            found = (other_macs, other_error, number)
+    return None if found is None else (found[2], found[1])

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from nas.config import Config, config_to_dict, flatten, mask_secrets
 from nas.data import Dataset, load_dataset
-from nas.energy import FrontPoint, bound_excludes, complexity_term, energy, hypervolume, pareto_front
+from nas.energy import (FrontPoint, best_so_far, bound_excludes, complexity_term, dominating_trial, energy, hypervolume,
+                        pareto_front)
 from nas.lock import StudyLock
 from nas.provenance import environment
 from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
@@ -112,6 +113,8 @@ class _Search:
         self.reports: dict[int, list[dict[str, float]]] = {}
         self.results_by_arch: dict[str, tuple[int, dict[str, Any]]] = {}
         self.points: list[FrontPoint] = []
+        # (number, MACs, best validation error after each epoch) of completed trials: the dominance pruner's view
+        self.curves: list[tuple[int, float, list[float]]] = []
         self.best_f: float | None = None
         self.hv_history: list[tuple[int, float]] = []
         self.started = time.perf_counter()
@@ -172,6 +175,7 @@ class _Search:
             if t.state == TrialState.COMPLETE and ATTR.F in a:
                 self.results_by_arch.setdefault(record.arch_id, (t.number, self._stored_result(a)))
                 self._update_best(float(a[ATTR.F]))
+                self._add_curve(t.number, record.e_comp, a.get(ATTR.HISTORY) or [])
         self.points = front_points(trials)
 
     @staticmethod
@@ -182,6 +186,11 @@ class _Search:
     def _update_best(self, f: float) -> None:
         if self.best_f is None or f < self.best_f:
             self.best_f = f
+
+    def _add_curve(self, number: int, e_comp: float, history: list[dict[str, Any]]) -> None:
+        curve = best_so_far(h.get("val_error") for h in history)
+        if curve and math.isfinite(curve[-1]):
+            self.curves.append((number, float(e_comp), curve))
 
     @property
     def finished(self) -> int:
@@ -271,15 +280,29 @@ class _Search:
         self.tracker.log_metrics(trial.number, {f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch,
                                  max_delay=TRACKING_DELAY)
         self.reports[trial.number].append(metrics)
+        record = self.records[trial.number]
+        if self.search.pruner == "dominance":
+            self._prune_if_dominated(trial, record, epoch)
+            return
         if self.search.mode != "scalar" or self.search.pruner == "none":
             return  # nothing would read the intermediate value: spare the storage a write per epoch
-        record = self.records[trial.number]
         f_epoch = energy(metrics["val_loss"], record.e_comp, self.search.lam, self.search.scale)
         trial.report(f_epoch, epoch)
         if trial.should_prune():
             self.executor.cancel(trial.number)
             del self.live[trial.number]
             self._finish_pruned(trial, f"pruner: F = {f_epoch:.4g} at epoch {epoch}", epochs=epoch)
+
+    def _prune_if_dominated(self, trial: optuna.Trial, record: TrialRecord, epoch: int) -> None:
+        if epoch < max(1, self.search.pruner_warmup_epochs) or len(self.curves) < min(5, self.search.n_startup_trials):
+            return
+        errors = best_so_far(m.get("val_error") for m in self.reports[trial.number])
+        found = dominating_trial(self.curves, float(record.e_comp), errors)
+        if found is not None:
+            self.executor.cancel(trial.number)
+            del self.live[trial.number]
+            self._finish_pruned(trial, f"dominance: val error {errors[-1]:.4g} after {epoch} epochs, trial {found[0]} "
+                                       f"(no more MACs) had {found[1]:.4g}", epochs=epoch)
 
     # -- endings ------------------------------------------------------------------------------------------
     def _history(self, number: int) -> list[dict[str, float]]:
@@ -305,6 +328,8 @@ class _Search:
         self.study.tell(trial, values)
         record.state, record.values = "COMPLETE", values
         self.results_by_arch.setdefault(record.arch_id, (trial.number, result))
+        if self.reports.get(trial.number):
+            self._add_curve(trial.number, record.e_comp, self._history(trial.number))
         self._update_best(f)
         self.points.append(FrontPoint(trial.number, float(record.e_comp), val_error, record.params, record.arch_id,
                                       record.summary, {"F": f, "E_CNN": e_cnn, "epochs": record.epochs}))

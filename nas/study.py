@@ -87,8 +87,9 @@ def make_sampler(config: Config) -> optuna.samplers.BaseSampler:
 
 def make_pruner(config: Config) -> optuna.pruners.BasePruner:
     search = config.search
-    if search.mode == "pareto" or search.pruner == "none":
-        # Optuna cannot prune multi-objective trials; the fixed-point rule still ends each run.
+    if search.mode == "pareto" or search.pruner in ("none", "dominance"):
+        # Optuna cannot prune multi-objective trials; the fixed-point rule still ends each run. The dominance
+        # pruner lives in the driver (nas.search), which knows every trial's MACs and per-epoch errors.
         return optuna.pruners.NopPruner()
     if search.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, search.pruner_warmup_epochs),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from nas.energy import FrontPoint, bound_excludes, energy, hypervolume, pareto_front
+from nas.energy import FrontPoint, best_so_far, bound_excludes, dominating_trial, energy, hypervolume, pareto_front
 
 
 def _p(n: int, macs: float, err: float) -> FrontPoint:
@@ -50,3 +50,23 @@ def test_hypervolume_of_a_staircase_is_the_dominated_share_of_the_box():
 def test_hypervolume_ignores_points_outside_the_reference_box():
     assert hypervolume([_p(0, 2e6, 0.1)], (1e6, 1.0)) == 0.0
     assert hypervolume([], (1e6, 1.0)) == 0.0
+
+
+def test_best_so_far_carries_the_lowest_error_over_unknown_values() -> None:
+    assert best_so_far([0.5, None, 0.6, 0.3, float("nan"), 0.4]) == [0.5, 0.5, 0.5, 0.3, 0.3, 0.3]
+    assert best_so_far([None, 0.2]) == [math.inf, 0.2]
+    assert best_so_far([]) == []
+
+
+def test_dominating_trial_needs_no_more_macs_and_a_lower_error_after_as_many_epochs() -> None:
+    completed = [(0, 1000.0, [0.5, 0.3, 0.2]), (1, 5000.0, [0.4, 0.1]), (2, 200.0, [0.9, 0.8, 0.7, 0.6])]
+    # after 2 epochs at 0.35 and 6,000 MACs: trial 0 (0.3) and trial 1 (0.1) dominate; the cheapest wins
+    assert dominating_trial(completed, 6000.0, [0.5, 0.35]) == (0, 0.3)
+    # after 4 epochs: trial 0 stopped at 3, its last value (0.2) counts; trial 2 had 0.6
+    assert dominating_trial(completed, 6000.0, [0.5, 0.4, 0.3, 0.25]) == (0, 0.2)
+    # equal error does not dominate; more MACs never do
+    assert dominating_trial(completed, 1000.0, [0.5, 0.3]) is None
+    assert dominating_trial(completed, 150.0, [0.99]) is None  # cheaper than every completed trial
+    assert dominating_trial(completed, 1000.0, [0.95]) == (2, 0.9)
+    assert dominating_trial(completed, 1000.0, []) is None
+    assert dominating_trial([], 1000.0, [0.9]) is None

@@ -193,3 +193,43 @@ def test_a_resumed_search_whose_run_lookup_is_slow_gives_each_new_trial_one_run(
     _, parents, children = _runs(stores["tracking"], "slowopen")
     numbers = sorted(int(r.data.tags["trial_number"]) for r in children)
     assert len(parents) == 1 and numbers == [0, 1, 2, 3, 4]
+
+
+def test_the_dominance_pruner_stops_a_trial_only_when_a_cheaper_completed_one_beats_it_at_equal_epochs(
+        stores, ray_executor):
+    # Three cheap ReLU nets first, then wide sigmoid nets without batch norm, which sit near chance for their
+    # first epochs: once three trials are complete, each report of a running trial is compared with the
+    # completed trials that cost no more MACs, at the same epoch.
+    space = {"name": "cnn", "depth": [1, 2], "channels": [4, 32], "kernel_sizes": [3], "activations": ["relu", "sigmoid"],
+             "batch_norm": [False], "downsample": ["none"], "downsample_every": [1], "head": ["flatten"]}
+    config = tiny_config(stores, name="dominance", space=space, train={"max_epochs": 10, "patience": 3},
+                         search={"n_trials": 8, "n_startup_trials": 3, "sampler": "random", "pruner": "dominance",
+                                 "pruner_warmup_epochs": 1, "bound_check": False, "final_seeds": 0,
+                                 "storage": stores["storage"]})
+    study = optuna.create_study(study_name="dominance", storage=stores["storage"], direction="minimize")
+    cheap = {"depth": 1, "channels_0": 4, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+             "downsample": "none", "head": "flatten"}
+    wide = {"depth": 2, "channels_0": 32, "channels_1": 32, "kernel_size": 3, "activation": "sigmoid",
+            "batch_norm": False, "downsample": "none", "head": "flatten"}
+    for params in [cheap, {**cheap, "channels_0": 32}, {**cheap, "depth": 2, "channels_1": 4}] + [wide] * 5:
+        study.enqueue_trial(params)
+    outcome = run_search(config, executor=ray_executor)
+
+    trials = {t.number: t for t in optuna.load_study(study_name="dominance", storage=stores["storage"]).trials}
+    assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials.values())
+    pruned = [t for t in trials.values() if t.state == TrialState.PRUNED]
+    assert pruned, "a wide sigmoid net near chance is dominated by a cheaper ReLU net"
+    for t in pruned:
+        a = trial_attrs(t)
+        assert a["reason"].startswith("dominance: ")
+        epochs = a["epochs"]
+        mine = min(h["val_error"] for h in a["history"][:epochs])
+        by = trials[int(a["reason"].split("trial ")[1].split(" ")[0])]
+        other = trial_attrs(by)
+        assert by.state == TrialState.COMPLETE and other["E_comp"] <= a["E_comp"]
+        theirs = min(h["val_error"] for h in other["history"][:epochs])  # as many epochs (or all it had)
+        assert theirs < mine and epochs >= 1
+        assert outcome.records[t.number].reason == a["reason"]
+    # the cheapest net of the study is never pruned: nothing costs less
+    cheapest = min(trials.values(), key=lambda t: trial_attrs(t)["E_comp"])
+    assert cheapest.state == TrialState.COMPLETE
