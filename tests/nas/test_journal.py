@@ -56,6 +56,37 @@ def test_concurrent_writers_get_gap_free_numbers_in_their_own_order(journal_url)
     assert list(PostgresJournalBackend(journal_url).read_logs(117)) == logs[117:]
 
 
+def test_the_read_after_an_own_append_is_answered_without_a_query_only_when_nothing_came_between(journal_url):
+    a, b = PostgresJournalBackend(journal_url), PostgresJournalBackend(journal_url)
+    a.append_logs([{"who": "a", "i": 0}, {"who": "a", "i": 1}])  # records 0, 1
+    queries = []
+    real_run = a._run
+
+    def counting_run(work, done=None):
+        queries.append(work)
+        return real_run(work, done)
+
+    a._run = counting_run
+    # The journal reads right after its write: records 0 and 1 are the answer, as stored, with no query.
+    assert list(a.read_logs(0)) == [{"who": "a", "i": 0}, {"who": "a", "i": 1}] and queries == []
+    # Another writer appends between this process's read and its append: the read asks the table.
+    b.append_logs([{"who": "b", "i": 0}])  # record 2
+    a.append_logs([{"who": "a", "i": 2, "x": [1.5, None]}])  # record 3
+    appended = len(queries)
+    assert [log["who"] for log in a.read_logs(2)] == ["b", "a"] and len(queries) == appended + 1
+    # Own append, then someone else's after it: the fast answer is the own record; the next read brings the rest.
+    a.append_logs([{"who": "a", "i": 3}])  # record 4
+    b.append_logs([{"who": "b", "i": 1}])  # record 5
+    assert list(a.read_logs(4)) == [{"who": "a", "i": 3}]
+    assert list(a.read_logs(5)) == [{"who": "b", "i": 1}]
+    # An answer is given once: reading the same number again asks the table.
+    assert list(a.read_logs(4)) == [{"who": "a", "i": 3}, {"who": "b", "i": 1}]
+    assert list(PostgresJournalBackend(journal_url).read_logs(0)) == list(a.read_logs(0))
+    assert _seqs(journal_url) == list(range(6))
+    a.close()
+    b.close()
+
+
 def test_study_in_the_journal_reads_back_in_a_new_process(journal_url):
     study = optuna.create_study(storage=make_storage(journal_url), study_name="j", directions=["minimize"])
     for value in (0.5, 0.25):
