@@ -95,25 +95,31 @@ def best_so_far(errors: Iterable[float | None]) -> list[float]:
 
 def dominating_trial(completed: Iterable[tuple[int, float, Sequence[float]]], macs: float, errors: Sequence[float],
                      ) -> tuple[int, float] | None:
-    """A completed trial that dominates a running one at equal training, or None (the dominance pruner).
+    """A completed trial that a running one will not overtake, or None (the dominance pruner).
 
-    The running trial has `macs` and its `best_so_far` validation errors after each of its epochs so far.
-    A completed trial ``(number, macs, best_so_far errors)`` dominates it when it costs no more MACs and its
-    best error after as many epochs (its last value if it stopped earlier) is strictly lower. Such a running
-    trial would join the front only by overtaking, later in training, a cheaper net it trails now. A trial
-    cheaper than every completed one is never dominated, so the cheap end of the front is never pruned.
+    The running trial has `macs` and its `best_so_far` validation errors after each of its epochs so far (t of
+    them). Each completed trial ``(number, macs, best_so_far errors)`` says how much a run still improved after
+    t epochs: its final best error over its best error after t epochs (its last value if it stopped earlier).
+    The running trial is projected with the largest such improvement seen (an optimistic guess: no completed
+    run did better); if even that projection stays above the final error of a completed trial that costs no
+    more MACs, the running trial will not join the front there, and that trial is returned. A trial cheaper
+    than every completed one is never dominated, so the cheap end of the front is never pruned.
 
     Returns:
-        (number, error) of the cheapest dominating trial (ties: the lowest error, then number).
+        (number, final error) of the best completed trial with no more MACs (ties: the cheaper, then the
+        lower number), when it dominates the projection.
     """
-    if not errors:
+    if not errors or not math.isfinite(errors[-1]):
         return None
     epoch, error = len(errors), errors[-1]
-    found: tuple[float, float, int] | None = None
-    for number, other_macs, other in completed:
-        if other_macs > macs or not other:
-            continue
-        other_error = other[min(epoch, len(other)) - 1]
-        if other_error < error and (found is None or (other_macs, other_error, number) < found):
-            found = (other_macs, other_error, number)
-    return None if found is None else (found[2], found[1])
+    completed = [(number, other_macs, other) for number, other_macs, other in completed if other]
+    ratios = [other[-1] / other[min(epoch, len(other)) - 1] for _, _, other in completed
+              if math.isfinite(other[min(epoch, len(other)) - 1]) and other[min(epoch, len(other)) - 1] > 0]
+    if not ratios:
+        return None
+    projected = error * min(ratios)
+    cheaper = [(other[-1], other_macs, number) for number, other_macs, other in completed if other_macs <= macs]
+    if not cheaper:
+        return None
+    best_error, _, number = min(cheaper)
+    return (number, best_error) if projected > best_error else None

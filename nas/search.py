@@ -301,8 +301,9 @@ class _Search:
         if found is not None:
             self.executor.cancel(trial.number)
             del self.live[trial.number]
-            self._finish_pruned(trial, f"dominance: val error {errors[-1]:.4g} after {epoch} epochs, trial {found[0]} "
-                                       f"(no more MACs) had {found[1]:.4g}", epochs=epoch)
+            self._finish_pruned(trial, f"dominance: val error {errors[-1]:.4g} after {epoch} epochs, projected with the "
+                                       f"best improvement seen, stays above trial {found[0]}'s {found[1]:.4g} at no "
+                                       f"more MACs", epochs=epoch)
 
     # -- endings ------------------------------------------------------------------------------------------
     def _history(self, number: int) -> list[dict[str, float]]:

@@ -58,15 +58,19 @@ def test_best_so_far_carries_the_lowest_error_over_unknown_values() -> None:
     assert best_so_far([]) == []
 
 
-def test_dominating_trial_needs_no_more_macs_and_a_lower_error_after_as_many_epochs() -> None:
+def test_dominating_trial_projects_the_running_trial_with_the_best_improvement_seen_after_as_many_epochs() -> None:
+    # final / after 2 epochs: 0.2 / 0.3 = 0.667, 0.1 / 0.1 = 1, 0.6 / 0.8 = 0.75 -> the best improvement is x0.667
     completed = [(0, 1000.0, [0.5, 0.3, 0.2]), (1, 5000.0, [0.4, 0.1]), (2, 200.0, [0.9, 0.8, 0.7, 0.6])]
-    # after 2 epochs at 0.35 and 6,000 MACs: trial 0 (0.3) and trial 1 (0.1) dominate; the cheapest wins
-    assert dominating_trial(completed, 6000.0, [0.5, 0.35]) == (0, 0.3)
-    # after 4 epochs: trial 0 stopped at 3, its last value (0.2) counts; trial 2 had 0.6
-    assert dominating_trial(completed, 6000.0, [0.5, 0.4, 0.3, 0.25]) == (0, 0.2)
-    # equal error does not dominate; more MACs never do
-    assert dominating_trial(completed, 1000.0, [0.5, 0.3]) is None
+    # 6,000 MACs, 0.3 after 2 epochs -> projected 0.2 > 0.1 (trial 1, the best with no more MACs)
+    assert dominating_trial(completed, 6000.0, [0.5, 0.3]) == (1, 0.1)
+    # 0.14 after 2 epochs -> projected 0.093: below trial 1's 0.1, so it may still join the front
+    assert dominating_trial(completed, 6000.0, [0.2, 0.14]) is None
+    # 1,000 MACs: only trials 0 (0.2) and 2 (0.6) cost no more; projected 0.4 * 0.667 = 0.267 > 0.2
+    assert dominating_trial(completed, 1000.0, [0.5, 0.4]) == (0, 0.2)
+    # after 4 epochs trials 0 and 1 have stopped: improvement 1 for them, 0.6 / 0.6 for trial 2 -> projected as is
+    assert dominating_trial(completed, 1000.0, [0.5, 0.4, 0.3, 0.25]) == (0, 0.2)
+    assert dominating_trial(completed, 1000.0, [0.5, 0.4, 0.3, 0.2]) is None  # equal is not above
     assert dominating_trial(completed, 150.0, [0.99]) is None  # cheaper than every completed trial
-    assert dominating_trial(completed, 1000.0, [0.95]) == (2, 0.9)
     assert dominating_trial(completed, 1000.0, []) is None
     assert dominating_trial([], 1000.0, [0.9]) is None
+    assert dominating_trial(completed, 1000.0, [math.inf]) is None  # no error known yet
