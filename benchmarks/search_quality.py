@@ -66,11 +66,24 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
          "failed": outcome.count("FAIL"), "loop_s": outcome.loop_time, "wall_s": wall,
          "train_s": outcome.train_time, "front": front, "final_test": outcome.final_test,
          "epochs_by_trial": {n: rec.epochs for n, rec in outcome.records.items() if rec.dispatched_at},
-         "fail_reasons": _reasons(outcome, "FAIL"), "prune_reasons": _reasons(outcome, "PRUNED")}
+         "fail_reasons": _reasons(outcome, "FAIL"), "prune_reasons": _reasons(outcome, "PRUNED"),
+         "fail_examples": _examples(outcome, "FAIL")}
     print(f"  [{label or dataset}] sampler={r['sampler']} seed={r['seed']}: HV {r['hypervolume']:.4f}, "
           f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
           f"loop {r['loop_s']:.0f} s; failed {r['fail_reasons']}, pruned {r['prune_reasons']}", flush=True)
+    for kind, example in r["fail_examples"].items():
+        if kind not in ("infeasible", "diverged"):
+            print(f"    first {kind} failure: {example[:500]}", flush=True)
     return r
+
+
+def _examples(outcome: Any, state: str) -> dict[str, str]:
+    """The first full reason of each kind (a failure's message says what to fix; the counts do not)."""
+    out: dict[str, str] = {}
+    for r in outcome.records.values():
+        if r.state == state:
+            out.setdefault((r.reason or "?").split(":", 1)[0], (r.reason or "?")[:2000])
+    return out
 
 
 def _reasons(outcome: Any, state: str) -> dict[str, int]:
