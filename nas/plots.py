@@ -47,9 +47,8 @@ def front_figure(points: Sequence[FrontPoint], front: Sequence[FrontPoint], titl
 # The per-trial PNGs (complexity profile, diagnostics) are drawn with Pillow on a five-colour palette image:
 # one is made for every trained trial, in the driver, so they must be cheap. Against RGB, a palette image
 # encodes ~4x faster (1 byte per pixel instead of 3: ~1 ms instead of ~4.5 for the diagnostics figure on
-# the development machine) at half the size; its text is drawn without anti-aliasing. Rendered text is cached
-# from cached one-bit glyphs, and whole lines are cached too: axis titles and layer labels repeat from trial
-# to trial.
+# the development machine) at half the size. Text is set from cached one-bit glyphs (no anti-aliasing, no
+# kerning) and whole lines are cached too: axis titles and layer labels repeat from trial to trial.
 WHITE, BLACK, BLUE, RED, GRAY = range(5)
 _PALETTE = [255, 255, 255, 0, 0, 0, 31, 119, 180, 214, 39, 40, 128, 128, 128]
 
@@ -62,12 +61,8 @@ def _canvas(width: int, height: int) -> Any:
     return image
 
 
-def _font(size: int = 11) -> Any:
-    return _cached_font(size)
-
-
 @functools.lru_cache(maxsize=8)
-def _cached_font(size: int) -> Any:
+def _font(size: int = 11) -> Any:
     from PIL import ImageFont
 
     try:
