@@ -58,6 +58,7 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
         wall = time.perf_counter() - started
     front = [{"trial": p.trial_number, "macs": p.macs, "val_error": p.val_error, "params": p.params,
               "summary": p.summary, "test": outcome.final_test.get(str(p.trial_number))} for p in outcome.front]
+    failed, fail_examples = _reasons(outcome, "FAIL")
     r = {"label": label, "dataset": dataset, "overrides": list(overrides), "sampler": config.search.sampler,
          "seed": config.seed, "n_trials": config.search.n_trials, "reference_point": list(config.search.reference_point),
          "pruner": config.search.pruner, "bound_check": config.search.bound_check,
@@ -66,8 +67,7 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
          "failed": outcome.count("FAIL"), "loop_s": outcome.loop_time, "wall_s": wall,
          "train_s": outcome.train_time, "front": front, "final_test": outcome.final_test,
          "epochs_by_trial": {n: rec.epochs for n, rec in outcome.records.items() if rec.dispatched_at},
-         "fail_reasons": _reasons(outcome, "FAIL"), "prune_reasons": _reasons(outcome, "PRUNED"),
-         "fail_examples": _examples(outcome, "FAIL")}
+         "fail_reasons": failed, "prune_reasons": _reasons(outcome, "PRUNED")[0], "fail_examples": fail_examples}
     print(f"  [{label or dataset}] sampler={r['sampler']} seed={r['seed']}: HV {r['hypervolume']:.4f}, "
           f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
           f"loop {r['loop_s']:.0f} s; failed {r['fail_reasons']}, pruned {r['prune_reasons']}", flush=True)
@@ -77,23 +77,17 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
     return r
 
 
-def _examples(outcome: Any, state: str) -> dict[str, str]:
-    """The first full reason of each kind (a failure's message says what to fix; the counts do not)."""
-    out: dict[str, str] = {}
-    for r in outcome.records.values():
-        if r.state == state:
-            out.setdefault((r.reason or "?").split(":", 1)[0], (r.reason or "?")[:2000])
-    return out
-
-
-def _reasons(outcome: Any, state: str) -> dict[str, int]:
-    """Counts of the first word of the reasons of trials in `state` (infeasible, diverged, bound, pruner)."""
-    out: dict[str, int] = {}
+def _reasons(outcome: Any, state: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Counts of the first word of the reasons of trials in `state` (infeasible, diverged, bound, pruner), and
+    the first full reason of each (a failure's message says what to fix; the counts do not)."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
     for r in outcome.records.values():
         if r.state == state:
             key = (r.reason or "?").split(":", 1)[0]
-            out[key] = out.get(key, 0) + 1
-    return out
+            counts[key] = counts.get(key, 0) + 1
+            examples.setdefault(key, (r.reason or "?")[:2000])
+    return counts, examples
 
 
 # -- aggregation -----------------------------------------------------------------------------------------

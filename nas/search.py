@@ -289,9 +289,12 @@ class _Search:
         f_epoch = energy(metrics["val_loss"], record.e_comp, self.search.lam, self.search.scale)
         trial.report(f_epoch, epoch)
         if trial.should_prune():
-            self.executor.cancel(trial.number)
-            del self.live[trial.number]
-            self._finish_pruned(trial, f"pruner: F = {f_epoch:.4g} at epoch {epoch}", epochs=epoch)
+            self._stop_running(trial, f"pruner: F = {f_epoch:.4g} at epoch {epoch}", epoch)
+
+    def _stop_running(self, trial: optuna.Trial, reason: str, epoch: int) -> None:
+        """A pruner's verdict on a running trial: cancel its task and record it PRUNED after `epoch` epochs."""
+        self.executor.cancel(trial.number)
+        self._finish_pruned(trial, reason, epochs=epoch)  # it also drops the trial from self.live
 
     def _prune_if_dominated(self, trial: optuna.Trial, record: TrialRecord, epoch: int) -> None:
         if epoch < max(1, self.search.pruner_warmup_epochs) or len(self.curves) < min(5, self.search.n_startup_trials):
@@ -299,11 +302,9 @@ class _Search:
         errors = best_so_far(m.get("val_error") for m in self.reports[trial.number])
         found = dominating_trial(self.curves, float(record.e_comp), errors)
         if found is not None:
-            self.executor.cancel(trial.number)
-            del self.live[trial.number]
-            self._finish_pruned(trial, f"dominance: val error {errors[-1]:.4g} after {epoch} epochs, projected with the "
-                                       f"best improvement seen, stays above trial {found[0]}'s {found[1]:.4g} at no "
-                                       f"more MACs", epochs=epoch)
+            self._stop_running(trial, f"dominance: val error {errors[-1]:.4g} after {epoch} epochs, projected with the "
+                                      f"best improvement seen, stays above trial {found[0]}'s {found[1]:.4g} at no "
+                                      f"more MACs", epoch)
 
     # -- endings ------------------------------------------------------------------------------------------
     def _history(self, number: int) -> list[dict[str, float]]:
@@ -330,7 +331,7 @@ class _Search:
         record.state, record.values = "COMPLETE", values
         self.results_by_arch.setdefault(record.arch_id, (trial.number, result))
         if self.reports.get(trial.number):
-            self._add_curve(trial.number, record.e_comp, self._history(trial.number))
+            self._add_curve(trial.number, record.e_comp, attrs[ATTR.HISTORY])
         self._update_best(f)
         self.points.append(FrontPoint(trial.number, float(record.e_comp), val_error, record.params, record.arch_id,
                                       record.summary, {"F": f, "E_CNN": e_cnn, "epochs": record.epochs}))
