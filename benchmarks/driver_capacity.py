@@ -11,8 +11,10 @@ bottleneck. The figures per storage:
 * trials/s whole run: n_trials / the whole `run_search` (Ray connection, stores opened, the loop, and the
   MLflow queue drained to the last record: nothing is left to write when it returns);
 * driver CPU per trial: CPU seconds of the driver process over the whole run (its threads included: the
-  tracking writer, Ray's client threads) per trial; 1 / that is what one driver could feed if workers
-  were free and nothing else used its core.
+  tracking writers when they run on threads, Ray's client threads) per trial; 1 / that is what one driver
+  could feed if workers were free and nothing else used its core;
+* tracking process CPU per trial: with ``tracking.process`` (the default), the CPU seconds of the child
+  process that does the MLflow writes, per trial (``--process on,off`` compares the two set-ups).
 
 The MLflow side is either a SQLite store in the driver's process (``--tracking sqlite``, the embedded default)
 or a real ``mlflow server`` process on 127.0.0.1 over its own PostgreSQL database, with proxied artifacts
@@ -24,7 +26,7 @@ the config's, 4).
 
 Run: ``python -m benchmarks.driver_capacity [--trials 200] [--pg postgresql://postgres@127.0.0.1:5432/test]
 [--storages sqlite,postgresql,journal,journal-async] [--samplers random,tpe] [--tracking sqlite,server,server-direct]
-[--writers 1,4] [--server-workers 2]``
+[--writers 1,4] [--process on,off] [--server-workers 2]``
 """
 
 from __future__ import annotations
@@ -94,15 +96,23 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
             label: str, tracking: dict[str, Any], kind: str, diagnostics: bool = True) -> dict[str, Any]:
     from nas.search import run_search
 
+    import resource
+
     config = _config(storage, folder, n_trials, sampler, name, tracking, diagnostics)
-    cpu_before, wall_before = time.process_time(), time.perf_counter()
+
+    def children_cpu() -> float:  # finished child processes waited for: the tracking process, joined at the end
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu_before, wall_before, children_before = time.process_time(), time.perf_counter(), children_cpu()
     outcome = run_search(config, executor=executor)
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+    tracking_cpu = children_cpu() - children_before
     dispatched = sum(1 for r in outcome.records.values() if r.dispatched_at)
     return {"storage": label, "sampler": sampler, "trials": n_trials, "dispatched": dispatched,
             "parallelism": executor.parallelism,
             "tracking": kind, "diagnostics": diagnostics,
-            "writers": config.tracking.writers,
+            "writers": config.tracking.writers, "process": config.tracking.process,
             "loop_s": round(outcome.loop_time, 2), "trials_per_s": round(n_trials / outcome.loop_time, 1),
             "whole_run_s": round(wall, 2), "trials_per_s_whole_run": round(n_trials / wall, 1),
             "drain_s": round(outcome.drain_time, 2),
@@ -110,6 +120,7 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
             "tracking_ms_per_trial": {k: round(1000 * v[1] / n_trials, 2) for k, v in
                                       sorted(outcome.tracking_seconds.items(), key=lambda kv: -kv[1][1])},
             "driver_cpu_ms_per_trial": round(1000 * cpu / n_trials, 1),
+            "tracking_process_cpu_ms_per_trial": round(1000 * tracking_cpu / n_trials, 1),
             "driver_capacity_per_s": round(n_trials / cpu, 1)}
 
 
@@ -144,6 +155,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="comma-separated: sqlite, " + ", ".join(STORAGE_FORMATS))
     parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server, server-direct")
     parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the config's)")
+    parser.add_argument("--process", default="on",
+                        help="comma-separated: on (tracking.process: the MLflow writers in a process of their own), off")
     parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
     parser.add_argument("--parallelism", type=int, default=2,
                         help="trials in flight; above the cores, Ray queues the extra ones, so the driver never waits "
@@ -163,12 +176,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 tracking, "sqlite", not args.no_diagnostics)
     rows = []
     writer_counts = [int(w) for w in args.writers.split(",") if w] or [None]
+    processes = [{"on": True, "off": False}[p] for p in args.process.split(",")]
     try:
         for tracking_kind in args.tracking.split(","):
-            for writers in writer_counts:
+            for writers, process in [(w, p) for w in writer_counts for p in processes]:
                 for sampler in args.samplers.split(","):
                     for storage in args.storages.split(","):
                         with temp_folder() as folder, _tracking_store(tracking_kind, folder, args) as tracking:
+                            tracking["process"] = process
                             if writers is not None:
                                 tracking["writers"] = writers
                             if storage == "sqlite":
@@ -188,23 +203,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(machine_line(machine()))
     print(f"geometry diagnostics: {'off' if args.no_diagnostics else 'on (the default)'}; "
           f"trials in flight: {args.parallelism}")
-    print("| storage | sampler | MLflow store | writers | trials | dispatched | loop s | trials/s (loop) | MLflow drain after the "
-          "loop s | trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| storage | sampler | MLflow store | writers | tracking process | trials | dispatched | loop s | trials/s (loop) | "
+          "MLflow drain after the loop s | trials/s tracked (loop + drain) | whole run s | driver process CPU ms/trial | "
+          "tracking process CPU ms/trial |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['storage']} | {r['sampler']} | {r['tracking']} | {r['writers']} | {r['trials']} | {r['dispatched']} | "
-              f"{r['loop_s']} | "
+        print(f"| {r['storage']} | {r['sampler']} | {r['tracking']} | {r['writers']} | {'on' if r['process'] else 'off'} | "
+              f"{r['trials']} | {r['dispatched']} | {r['loop_s']} | "
               f"{r['trials_per_s']} | {r['drain_s']} | {r['trials_per_s_tracked']} | {r['whole_run_s']} | "
-              f"{r['driver_cpu_ms_per_trial']} |")
+              f"{r['driver_cpu_ms_per_trial']} | {r['tracking_process_cpu_ms_per_trial']} |")
     print("\nMLflow writers, ms of writer time per trial by kind of write, summed over writers (first row of each "
           "storage, store and writer count):")
     seen = set()
     for r in rows:
-        if (r["storage"], r["tracking"], r["writers"]) in seen:
+        if (r["storage"], r["tracking"], r["writers"], r["process"]) in seen:
             continue
-        seen.add((r["storage"], r["tracking"], r["writers"]))
+        seen.add((r["storage"], r["tracking"], r["writers"], r["process"]))
         top = ", ".join(f"{k} {v}" for k, v in list(r["tracking_ms_per_trial"].items())[:8])
-        print(f"- {r['storage']} ({r['sampler']}, {r['tracking']}, {r['writers']} writers): "
+        where = "a tracking process" if r["process"] else "threads of the driver"
+        print(f"- {r['storage']} ({r['sampler']}, {r['tracking']}, {r['writers']} writers on {where}): "
               f"total {sum(r['tracking_ms_per_trial'].values()):.1f}: {top}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))

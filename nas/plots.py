@@ -5,23 +5,30 @@ from __future__ import annotations
 import functools
 import io
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import matplotlib
+from nas.energy import FrontPoint
 
-matplotlib.use("Agg")  # no display on workers, servers or CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from nas.energy import FrontPoint  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["front_figure", "profile_png", "diagnostics_png", "hypervolume_figure"]
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display on workers, servers or CI), imported on first use:
+    the per-trial PNGs need only PIL, and the search loop imports this module for them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def front_figure(points: Sequence[FrontPoint], front: Sequence[FrontPoint], title: str = "") -> Figure:
     """Every completed trial as a point, the front as a step line, front members labelled by trial number."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5), dpi=100)
     if points:
         ax.scatter([p.macs for p in points], [p.val_error for p in points], s=18, c="0.6", label="trials")
     if front:
@@ -215,7 +222,7 @@ def diagnostics_png(init: dict[str, float], trained: dict[str, float], title: st
 
 def hypervolume_figure(steps: Sequence[int], values: Sequence[float], title: str = "") -> Figure:
     """Hypervolume of the front after each trial."""
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = _pyplot().subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(steps, values, marker=".", c="C2")
     ax.set_xlabel("trial")
     ax.set_ylabel("hypervolume (share of reference box)")
@@ -226,4 +233,4 @@ def hypervolume_figure(steps: Sequence[int], values: Sequence[float], title: str
 
 
 def close(fig: Figure) -> None:
-    plt.close(fig)
+    _pyplot().close(fig)

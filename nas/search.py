@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import optuna
@@ -23,10 +24,12 @@ from nas.data import Dataset, load_dataset
 from nas.energy import (FrontPoint, best_so_far, bound_excludes, complexity_term, dominating_trial, energy, hypervolume,
                         pareto_front)
 from nas.lock import StudyLock
+from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile_png
 from nas.provenance import environment
 from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
                        trial_attrs)
 from nas.sync import profile_json
+from nas.tracking_process import open_tracker
 from nas.tracking import (PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker,
                           log_in_batches)
 from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
@@ -127,7 +130,7 @@ class _Search:
         # The trials earlier drivers finished: the only ones whose MLflow runs the opening of the runs may
         # repair. This driver's own trials (requeued ones included: they wait in the study under their number)
         # get theirs from its tracker, even when one finishes before that opening.
-        self.earlier_trials = {t.number for t in trials if t.state in FINISHED_STATES}
+        self.earlier = [t for t in trials if t.state in FINISHED_STATES]
         self._store_study_attrs()
         self._load_finished(trials)
 
@@ -393,25 +396,14 @@ class _Search:
         self.tracker.log_dict(number, profile_json(arch, costs), "complexity_profile.json")
         names = [c.name for c in costs if c.kind in ("conv", "linear")]
         macs = [c.macs for c in costs if c.kind in ("conv", "linear")]
-        title = f"trial {number}: {arch.summary()}"
-
-        def png() -> bytes:
-            from nas.plots import profile_png
-
-            return profile_png(names, macs, title)
-
-        self.tracker.log_png(number, png, "complexity_profile.png")
+        self.tracker.log_png(number, partial(profile_png, names, macs, f"trial {number}: {arch.summary()}"),
+                             "complexity_profile.png")
 
     def _log_diagnostics_plot(self, number: int, diagnostics: dict[str, float], summary: str) -> None:
         init = {k[len("init."):]: v for k, v in diagnostics.items() if k.startswith("init.")}
         trained = {k[len("trained."):]: v for k, v in diagnostics.items() if k.startswith("trained.")}
-
-        def png() -> bytes:
-            from nas.plots import diagnostics_png
-
-            return diagnostics_png(init, trained, f"trial {number}: {summary}")
-
-        self.tracker.log_png(number, png, "diagnostics.png")
+        self.tracker.log_png(number, partial(diagnostics_png, init, trained, f"trial {number}: {summary}"),
+                             "diagnostics.png")
 
     def _log_front(self, force: bool = True) -> None:
         # Rendering the plot costs ~150 ms of CPU: refresh it at most every 30 s while running (and at the end).
@@ -422,13 +414,7 @@ class _Search:
         points, front = list(self.points), self.front
         self.tracker.log_dict(PARENT, front_json(front, self.hypervolume()), "front.json")
         title = f"{self.config.name}: {len(points)} trials, {len(front)} on the front"
-
-        def figure() -> Any:
-            from nas.plots import front_figure
-
-            return front_figure(points, front, title)
-
-        self.tracker.log_figure(PARENT, figure, "front.png")
+        self.tracker.log_figure(PARENT, partial(front_figure, points, front, title), "front.png")
 
     # -- the final report ---------------------------------------------------------------------------------
     def final_report(self) -> dict[str, dict[str, Any]]:
@@ -524,23 +510,23 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
     return "\n".join(lines) + "\n"
 
 
-def _open_search_runs(tracker: Tracker, client: Any, search: "_Search", tags: dict[str, Any],
-                      params: dict[str, Any]) -> None:
-    """Find or create the parent run; adopt the child runs of earlier drivers; on resume, repair their records.
+def _open_search_runs(tracker: Tracker, study_name: str, run_name: str, tags: dict[str, Any], params: dict[str, Any],
+                      earlier: list[optuna.trial.FrozenTrial], input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Find or create the parent run; adopt the child runs of earlier drivers; on resume, repair the records of
+    the trials they finished (`earlier`).
 
     Runs on the tracking thread, first in its queue, so a tracking server that is down delays it without
-    stopping the search.
+    stopping the search (`Tracker.call`: module-level, with picklable arguments, for the tracking process).
     """
     from mlflow.entities import Param, RunTag
 
     from nas.sync import find_runs, sync_trial
 
+    client = tracker.client
     exp = tracker.experiment_id()
-    name = search.config.study_name
-    parent_id, children = find_runs(client, exp, name)
+    parent_id, children = find_runs(client, exp, study_name)
     if parent_id is None:
-        parent_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
-                                      run_name=search.config.name).info.run_id
+        parent_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()}, run_name=run_name).info.run_id
         existing: dict[str, str] = {}
     else:
         client.update_run(parent_id, status="RUNNING")
@@ -550,14 +536,10 @@ def _open_search_runs(tracker: Tracker, client: Any, search: "_Search", tags: di
     for number, run_id in children.items():
         tracker.adopt(number, run_id)
     log_in_batches(client, parent_id, params=[Param(k, str(v)) for k, v in params.items() if k not in existing])
-    if search.resumed:
-        # Records an earlier driver left incomplete (it died with writes queued, or the server was down).
-        attrs = search.study.user_attrs
-        for trial in search.study.get_trials(deepcopy=False, states=FINISHED_STATES):
-            if trial.number not in search.earlier_trials:
-                continue  # this driver's own trial: its start is queued on the tracker, a second run would double it
-            sync_trial(client, exp, name, parent_id, trial, children.get(trial.number),
-                       tuple(attrs["input_shape"]), attrs["num_classes"])
+    # Records an earlier driver left incomplete (it died with writes queued, or the server was down). This
+    # driver's own trials (requeued ones included) get their runs from its tracker, never from here.
+    for trial in earlier:
+        sync_trial(client, exp, study_name, parent_id, trial, children.get(trial.number), input_shape, num_classes)
 
 
 def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = None,
@@ -580,8 +562,7 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
     dataset = load_dataset(config.data, config.seed)
     # One driver per study: a second one refuses here, before it touches the study or starts Ray.
     lock = StudyLock(storage_url(config), config.study_name).acquire()
-    tracker = Tracker(config.tracking.uri, config.experiment_name, config.tracking.artifact_location,
-                      writers=config.tracking.writers)
+    tracker = open_tracker(config.tracking, config.experiment_name)
     own_executor = executor is None
     try:
         if executor is None:
@@ -597,8 +578,8 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
                 "storage": mask_secrets(config.search.storage), "data_fingerprint": dataset.fingerprint,
                 "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"]}
         params = {k: mask_secrets(str(v)) for k, v in flatten(resolved).items()}
-        tracker.call("open the search's runs", lambda client, _: _open_search_runs(tracker, client, search, tags, params),
-                     adopts_runs=True)
+        tracker.call("open the search's runs", _open_search_runs, config.study_name, config.name, tags, params,
+                     search.earlier, tuple(dataset.input_shape), dataset.num_classes, adopts_runs=True)
         tracker.log_text(PARENT, _yaml(resolved), "config.yaml")
         tracker.log_dict(PARENT, {**env, "data": {"fingerprint": dataset.fingerprint, **dataset.sizes(),
                                   "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}},
@@ -608,14 +589,9 @@ def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = No
         final = search.final_report()
         hv_steps = [s for s, _ in search.hv_history]
         hv_values = [v for _, v in search.hv_history]
-
-        def hv_figure() -> Any:
-            from nas.plots import hypervolume_figure
-
-            return hypervolume_figure(hv_steps, hv_values, f"{config.name}: hypervolume")
-
         if hv_steps:
-            tracker.log_figure(PARENT, hv_figure, "hypervolume.png")
+            tracker.log_figure(PARENT, partial(hypervolume_figure, hv_steps, hv_values, f"{config.name}: hypervolume"),
+                               "hypervolume.png")
         tracker.end_run(PARENT, "FINISHED", {"wall_time": time.perf_counter() - started}, step=search.search.n_trials)
         if not tracker.flush(timeout=config.tracking.flush_timeout):
             log.warning("%d MLflow writes are still queued (is the tracking server at %s up?); the Optuna storage "

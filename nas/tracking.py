@@ -531,12 +531,12 @@ class Tracker:
         self._submit(f"{artifact_file} of {key}", lambda: self._log_artifact_bytes(key, make_png(), artifact_file),
                      key)
 
-    def call(self, name: str, fn: Callable[[MlflowClient, Callable[[Hashable], str]], None],
-             adopts_runs: bool = False) -> None:
-        """Queue any other write: `fn(client, run_id_of)` runs on the first writer, in order with the parent's
-        writes. `adopts_runs`: `fn` finds or creates runs (`adopt`); writes queued after it that need a run
-        it may provide wait for it."""
-        self._submit(name, lambda: fn(self.client, self._run_id), None, creates=ANY_RUN if adopts_runs else None)
+    def call(self, name: str, fn: Callable[..., None], *args: Any, adopts_runs: bool = False) -> None:
+        """Queue any other write: ``fn(tracker, *args)`` runs on the first writer, in order with the parent's
+        writes (``tracker.client`` is its MLflow client). `adopts_runs`: `fn` finds or creates runs (`adopt`);
+        writes queued after it that need a run it may provide wait for it. With a `TrackingProcess`, `fn` and
+        `args` cross to that process: a module-level function and picklable arguments."""
+        self._submit(name, lambda: fn(self, *args), None, creates=ANY_RUN if adopts_runs else None)
 
     def end_run(self, key: Hashable, status: str, metrics: Mapping[str, float] | None = None,
                 tags: Mapping[str, Any] | None = None, step: int = 0) -> None:

@@ -215,6 +215,46 @@ def test_sync_rebuilds_every_run_lost_while_the_server_was_down(pg_database, ray
         server.stop()
 
 
+def test_a_killed_tracking_process_stops_mlflow_not_the_search_and_sync_completes_the_runs(ray_executor, tmp_path,
+                                                                                              caplog):
+    # The MLflow writes run in a process of their own (tracking.process, the default). It is killed after the
+    # first finished trial: the search finishes its budget in the storage, says what happened, and `nas sync`
+    # writes the runs that were lost.
+    import logging
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config("trackingkill", f"sqlite:///{tmp_path / 'optuna.db'}", uri, tmp_path, n_trials=4)
+    config["train"] = {"max_epochs": 3, "patience": 3}
+    killed = []
+
+    def kill_the_tracking_process(search) -> None:
+        if not killed:
+            killed.append(search.tracker._process.pid)
+            os.kill(killed[0], signal.SIGKILL)
+
+    with caplog.at_level(logging.WARNING, logger="nas.tracking_process"):
+        outcome = run_search(config_from_dict(config), executor=ray_executor, on_progress=kill_the_tracking_process)
+    assert killed and outcome.count("COMPLETE") == 4
+    assert "The MLflow tracking process stopped" in caplog.text and "nas sync" in caplog.text
+    client = MlflowClient(uri)
+
+    def finished_children() -> list:
+        runs = client.search_runs([client.get_experiment_by_name("trackingkill").experiment_id], max_results=100)
+        return [r for r in runs if r.data.tags.get("geonas.kind") == "trial" and r.info.status == "FINISHED"]
+
+    assert len(finished_children()) < 4  # the kill lost records: what sync is for
+    path = _write(tmp_path, config)
+    sync = subprocess.run([sys.executable, "-m", "nas", "sync", str(path)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert sync.returncode == 0, sync.stderr[-2000:]
+    assert len(finished_children()) == 4
+    runs = client.search_runs([client.get_experiment_by_name("trackingkill").experiment_id], max_results=100)
+    children = [r for r in runs if r.data.tags["geonas.kind"] == "trial"]
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert all(r.info.status == "FINISHED" and "E_CNN" in r.data.metrics for r in children)
+    assert len([r for r in runs if r.data.tags["geonas.kind"] == "search"]) == 1
+
+
 def test_second_driver_on_a_running_study_refuses(pg_database, ray_cluster, tmp_path):
     storage = pg_database("optuna")
     config = _config("twice", storage, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, n_trials=40)

@@ -186,8 +186,10 @@ def test_a_resumed_search_whose_run_lookup_is_slow_gives_each_new_trial_one_run(
         opening(*args, **kwargs)
 
     monkeypatch.setattr(search_module, "_open_search_runs", slow_open)
+    # The patch lives in this process: the tracker's writers run on its threads here (a tracking process
+    # would run the same Tracker code with the original function).
     resumed = tiny_config(stores, name="slowopen", search={"n_trials": 5, "sampler": "random", "final_seeds": 0,
-                                                           "storage": stores["storage"]})
+                                                           "storage": stores["storage"]}, tracking={"process": False})
     outcome = run_search(resumed, executor=ray_executor)
     assert outcome.count("COMPLETE") + outcome.count("PRUNED") + outcome.count("FAIL") >= 3
     _, parents, children = _runs(stores["tracking"], "slowopen")

@@ -71,11 +71,11 @@ def test_several_writers_keep_each_runs_writes_in_order_and_children_under_their
     tracker = Tracker(uri, "tracking-test", str(tmp_path / "artifacts"), writers=3)
     threads: dict[str, set[str]] = {}
 
-    def open_parent(client, _run_id_of) -> None:
+    def open_parent(tracker) -> None:
         import threading
 
         time.sleep(1.0)
-        run = client.create_run(tracker.experiment_id(), run_name="search")
+        run = tracker.client.create_run(tracker.experiment_id(), run_name="search")
         threads.setdefault("open", set()).add(threading.current_thread().name)
         tracker.adopt("search", run.info.run_id)
 
@@ -109,7 +109,7 @@ def test_several_writers_keep_each_runs_writes_in_order_and_children_under_their
 def test_a_child_whose_parent_never_comes_is_skipped_not_waited_for_forever(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking-test", str(tmp_path / "artifacts"), writers=2)
 
-    def broken(_client, _run_id_of) -> None:
+    def broken(_tracker) -> None:
         raise RuntimeError("the store refuses")
 
     tracker.retry_for = 0.5  # give the broken write up quickly
