@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (diagnostics_cost, driver_capacity, early_stopping, fixed_point, mnist1d_reference, overhead,
-                        parallelism, recovery, search_quality)
+                        parallelism, recovery, search_quality, tracking_throughput)
 from benchmarks._common import RaySession
 
 FULL = {
@@ -35,6 +35,7 @@ FULL = {
     "early_stopping": ["--datasets", "digits_cnn", "--seeds", "0"],
     "mnist1d_reference": ["--seeds", "0,1,2"],
     "driver_capacity": ["--trials", "200", "--samplers", "tpe", "--storages", "sqlite,postgresql,journal"],
+    "tracking_throughput": ["--trials", "300", "--repeats", "2"],
     "recovery": ["--kills", "3"],
     "diagnostics_cost": [],
 }
@@ -47,6 +48,7 @@ QUICK = {
     "early_stopping": ["--datasets", "digits_cnn", "--seeds", "0", "--trials", "4", "--variants", "both,neither"],
     "mnist1d_reference": ["--seeds", "0", "--trials", "3", "--final-seeds", "1", "--set", "train.max_epochs=3"],
     "driver_capacity": ["--trials", "10", "--samplers", "random", "--storages", "sqlite,journal"],
+    "tracking_throughput": ["--trials", "10", "--repeats", "1"],
     "recovery": ["--kills", "1"],
     "diagnostics_cost": ["--trials", "2"],
 }
@@ -54,7 +56,8 @@ QUICK = {
 WITH_SESSION = {"overhead": overhead, "parallelism": parallelism, "fixed_point": fixed_point,
                 "search_quality": search_quality, "early_stopping": early_stopping,
                 "mnist1d_reference": mnist1d_reference}
-ON_THEIR_OWN = {"driver_capacity": driver_capacity, "recovery": recovery, "diagnostics_cost": diagnostics_cost}
+ON_THEIR_OWN = {"driver_capacity": driver_capacity, "tracking_throughput": tracking_throughput, "recovery": recovery,
+                "diagnostics_cost": diagnostics_cost}
 NO_LOAD_CHECK = {"overhead", "parallelism", "fixed_point"}  # the others have no such flag
 
 
@@ -110,6 +113,10 @@ def run_one(name: str, module: Any, argv: list[str], session: RaySession | None)
         for row in r:
             headline.append(f"driver capacity {row['storage']} {row['sampler']}: {row['trials_per_s']} trials/s "
                             f"(loop), {row['trials_per_s_tracked']} trials/s tracked (target >= 20 with PostgreSQL)")
+    elif name == "tracking_throughput":
+        for row in r:
+            headline.append(f"tracking throughput, {'process' if row['process'] else 'threads'}: {row['trials_per_s']} "
+                            f"trials/s with nothing else running")
     else:
         headline.append(f"{name}: done (figures above)")
     print(f"({name}: {time.perf_counter() - t:.0f} s)", flush=True)

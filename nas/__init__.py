@@ -1,24 +1,28 @@
 """geonas: geometry-guided architecture search (the service: config, energy, search loop, tracking, CLI)."""
 
-from nas.config import Config, config_from_dict, load_config
-from nas.data import Dataset, load_dataset
-from nas.energy import FrontPoint, energy, hypervolume, pareto_front
-from nas.errors import ConfigError, DataError, GeonasError
-from nas.search import SearchOutcome, run_search
+from __future__ import annotations
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DataError",
-    "Dataset",
-    "FrontPoint",
-    "GeonasError",
-    "SearchOutcome",
-    "config_from_dict",
-    "energy",
-    "hypervolume",
-    "load_config",
-    "load_dataset",
-    "pareto_front",
-    "run_search",
-]
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): a process that needs one module (the tracking process needs
+# nas.tracking) does not pay for torch, Ray and Optuna through the package.
+_EXPORTS = {
+    "Config": "nas.config", "config_from_dict": "nas.config", "load_config": "nas.config",
+    "Dataset": "nas.data", "load_dataset": "nas.data",
+    "FrontPoint": "nas.energy", "energy": "nas.energy", "hypervolume": "nas.energy", "pareto_front": "nas.energy",
+    "ConfigError": "nas.errors", "DataError": "nas.errors", "GeonasError": "nas.errors",
+    "SearchOutcome": "nas.search", "run_search": "nas.search",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

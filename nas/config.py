@@ -138,8 +138,8 @@ class TrackingConfig:
     artifact_location: str | None = "runs/artifacts"
     experiment: str | None = None
     flush_timeout: float = 120.0
-    writers: int = 4  # MLflow writer threads of the driver (each run's writes stay in order on one)
-    process: bool = True  # the writers run in a process of their own, off the search loop's GIL (nas/tracking_process.py)
+    writers: int = 4  # MLflow writer threads (each run's writes stay in order on one); nas.tracking.WRITERS
+    process: bool = False  # true: the writers run in a process of their own, off the driver's GIL (nas/tracking_process.py)
 
     def __post_init__(self) -> None:
         _check(self.flush_timeout >= 0, "tracking.flush_timeout", f"must be >= 0, but got {self.flush_timeout}")

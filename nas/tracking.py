@@ -29,7 +29,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-from nas.config import TrackingConfig
 
 __all__ = ["Tracker", "experiment_id", "client_for", "log_bytes", "log_in_batches", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
            "TAG_REASON", "TAG_KIND"]
@@ -45,6 +44,7 @@ TAG_STATE = "state"
 TAG_REASON = "reason"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value is 6000 characters
 BATCH = 1000  # MLflow accepts up to 1000 metrics per log_batch
+WRITERS = 4  # writer threads by default (tracking.writers); this module does not import nas.config, which imports torch
 
 
 def client_for(uri: str) -> MlflowClient:
@@ -211,7 +211,7 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
-                 retry_for: float = 600.0, writers: int = TrackingConfig.writers) -> None:
+                 retry_for: float = 600.0, writers: int = WRITERS) -> None:
         # MLflow's HTTP client retries a request up to 7 times with long backoff; this queue retries
         # whole writes itself, so keep single requests short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -19,15 +19,21 @@ driver, which asks the child to flush and stop.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
-from nas.config import TrackingConfig
+from nas.tracking import WRITERS
+
+if TYPE_CHECKING:
+    from nas.config import TrackingConfig
 
 __all__ = ["TrackingProcess", "open_tracker"]
 
@@ -57,21 +63,23 @@ class TrackingProcess:
     """
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
-                 retry_for: float = 600.0, writers: int = TrackingConfig.writers) -> None:
+                 retry_for: float = 600.0, writers: int = WRITERS) -> None:
         if writers < 1:
             raise ValueError(f"writers must be at least 1, but got {writers}")
         self.uri = uri
         self.experiment = experiment
         self.writers = writers
-        # spawn, not fork: the driver holds Ray's and the storage's threads and connections, which a fork copies
-        # in whatever state they are in.
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_end = context.Pipe(duplex=True)
-        self._process = context.Process(target=_serve, name="geonas-tracking",
-                                        args=(child_end, uri, experiment, artifact_location, retry_for, writers),
-                                        daemon=True)
-        self._process.start()
+        # A fresh interpreter, not a fork (the driver holds Ray's and the storage's threads and connections, which
+        # a fork copies in whatever state they are in) and not multiprocessing's spawn, which re-imports the
+        # driver's main module: a user's script without an `if __name__ == "__main__"` guard would start its
+        # search again in the child. The child gets the driver's sys.path and one end of a socket pair.
+        self._conn, child_end = multiprocessing.Pipe(duplex=True)
+        bootstrap = ("import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
+                     "from nas.tracking_process import _serve_fd; _serve_fd(int(sys.argv[1]))")
+        self._process = subprocess.Popen([sys.executable, "-c", bootstrap, str(child_end.fileno()), json.dumps(sys.path)],
+                                         pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
         child_end.close()
+        self._conn.send((uri, experiment, artifact_location, retry_for, writers))
         self._lock = threading.Lock()  # one message (and its answer) on the pipe at a time
         self._dead = ""  # why the child can no longer be reached
         self._unsent: list[str] = []  # writes the driver could not hand to the child
@@ -109,8 +117,8 @@ class TrackingProcess:
                 self._conn.send(("ask", question, args, {}))
                 deadline = None if wait is None else time.monotonic() + wait + _ANSWER_GRACE
                 while not self._conn.poll(0.5):
-                    if not self._process.is_alive():
-                        raise EOFError(f"it exited with code {self._process.exitcode}")
+                    if self._process.poll() is not None:
+                        raise EOFError(f"it exited with code {self._process.returncode}")
                     if deadline is not None and time.monotonic() > deadline:
                         self._process.kill()
                         raise TimeoutError(f"no answer to '{question}' within {wait + _ANSWER_GRACE:.0f} s")
@@ -197,19 +205,32 @@ class TrackingProcess:
             self._dead = self._dead or "closed"
         with self._lock:
             self._conn.close()
-        self._process.join(timeout=30)
-        if self._process.is_alive():
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join(timeout=10)
+            self._process.wait(timeout=10)
         return done and not self._unsent
+
+
+def _serve_fd(fd: int) -> None:
+    """The child's entry point: its end of the pipe is file descriptor `fd`; the first message says what to track."""
+    from multiprocessing.connection import Connection
+
+    # Ctrl-C in a terminal reaches the whole process group: the driver handles it and asks this process to
+    # flush and stop, so the last records are written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        uri, experiment, artifact_location, retry_for, writers = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    _serve(conn, uri, experiment, artifact_location, retry_for, writers)
 
 
 def _serve(conn: Any, uri: str, experiment: str, artifact_location: str | None, retry_for: float,
            writers: int) -> None:
-    """The child: a `Tracker` fed from `conn` until the driver closes it or is gone."""
-    # Ctrl-C in a terminal reaches the whole process group: the driver handles it and asks this process to
-    # flush and stop, so the last records are written.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A `Tracker` fed from `conn` until the driver closes it or is gone."""
     from nas.tracking import Tracker
 
     tracker = Tracker(uri, experiment, artifact_location, retry_for=retry_for, writers=writers)

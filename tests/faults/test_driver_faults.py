@@ -37,7 +37,9 @@ def _config(name: str, storage: str, tracking: str, tmp_path: Path, n_trials: in
         "name": name, "seed": 0, "data": {"dataset": "digits"}, "space": TINY_SPACE, "train": SLOW,
         "search": {"n_trials": n_trials, "sampler": "random", "pruner": "none", "bound_check": False,
                    "final_seeds": 0, "storage": storage, **search},
-        "tracking": {"uri": tracking, "artifact_location": str(tmp_path / "artifacts"), "flush_timeout": 30},
+        # The MLflow writes in a process of their own: every driver fault here also covers that process.
+        "tracking": {"uri": tracking, "artifact_location": str(tmp_path / "artifacts"), "flush_timeout": 30,
+                     "process": True},
         "ray": {"parallelism": 2},
     }
 
@@ -217,7 +219,7 @@ def test_sync_rebuilds_every_run_lost_while_the_server_was_down(pg_database, ray
 
 def test_a_killed_tracking_process_stops_mlflow_not_the_search_and_sync_completes_the_runs(ray_executor, tmp_path,
                                                                                               caplog):
-    # The MLflow writes run in a process of their own (tracking.process, the default). It is killed after the
+    # The MLflow writes run in a process of their own (tracking.process, set by _config). It is killed after the
     # first finished trial: the search finishes its budget in the storage, says what happened, and `nas sync`
     # writes the runs that were lost.
     import logging
@@ -239,7 +241,8 @@ def test_a_killed_tracking_process_stops_mlflow_not_the_search_and_sync_complete
     client = MlflowClient(uri)
 
     def finished_children() -> list:
-        runs = client.search_runs([client.get_experiment_by_name("trackingkill").experiment_id], max_results=100)
+        experiment = client.get_experiment_by_name("trackingkill")  # None if the kill came before its creation
+        runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
         return [r for r in runs if r.data.tags.get("geonas.kind") == "trial" and r.info.status == "FINISHED"]
 
     assert len(finished_children()) < 4  # the kill lost records: what sync is for

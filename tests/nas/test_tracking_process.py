@@ -27,7 +27,7 @@ def _open_parent(tracker, name: str, tags: dict) -> None:
 def test_the_process_writes_what_the_threads_write_in_order_and_reports_back(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = TrackingProcess(uri, "tracking-test", str(tmp_path / "artifacts"), writers=3)
-    assert tracker._process.pid != os.getpid() and tracker._process.is_alive()
+    assert tracker._process.pid != os.getpid() and tracker._process.poll() is None
     tracker.call("open the search's runs", _open_parent, "search", {"geonas.kind": "search"}, adopts_runs=True)
     for n in range(6):
         tracker.start_run(n, f"trial-{n:04d}", {"geonas.kind": "trial"}, {"n": n}, parent="search", params_delay=60)
@@ -61,7 +61,7 @@ def test_the_process_writes_what_the_threads_write_in_order_and_reports_back(tmp
     seconds = tracker.write_seconds
     assert seconds["start run"][0] == 6 and seconds["end run"][0] == 6 and seconds["complexity_profile.png of"][0] == 6
     assert tracker.close(timeout=30)
-    assert not tracker._process.is_alive() and tracker._process.exitcode == 0
+    assert tracker._process.poll() == 0  # it stopped by itself
     assert tracker.write_seconds == seconds  # kept from the child's last report
     tracker.start_run(99, "late", {}, {})  # after close: not written, and said so
     assert any("'start_run of 99' not written" in w for w in tracker.failed_writes)
@@ -85,7 +85,7 @@ def test_a_dead_tracking_process_leaves_the_driver_running(tmp_path):
     tracker.start_run(1, "trial-0001", {}, {})
     assert tracker.flush(timeout=60) and tracker.run_id(1)
     os.kill(tracker._process.pid, signal.SIGKILL)
-    tracker._process.join(timeout=30)
+    tracker._process.wait(timeout=30)
     for n in range(2, 5):  # the pipe breaks on one of these or on the next question: nothing raises
         tracker.start_run(n, f"trial-{n:04d}", {}, {})
     assert tracker.flush(timeout=5) is False
@@ -109,9 +109,13 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_the_tracking_process_stops_when_its_driver_is_killed(tmp_path):
     # A killed driver's queued writes must not go on in an orphan beside the next driver (which repairs the
-    # runs from the storage): the child sees its pipe close and exits.
-    driver = subprocess.run([sys.executable, "-c", _DRIVER, f"sqlite:///{tmp_path / 'mlflow.db'}",
-                             str(tmp_path / "artifacts")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # runs from the storage): the child sees its pipe close and exits. The driver is a script without an
+    # `if __name__ == "__main__"` guard: the child must not run it again (as multiprocessing's spawn would).
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    driver = subprocess.run([sys.executable, str(script), f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             str(tmp_path / "artifacts")], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
+                            capture_output=True, text=True, timeout=120)
     assert driver.returncode == -signal.SIGKILL, driver.stderr
     child = int(driver.stdout.split()[0])
     deadline = time.monotonic() + 20
