@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 __all__ = ["front_figure", "profile_png", "diagnostics_png", "hypervolume_figure"]
 
 
+@functools.cache
 def _pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (no display on workers, servers or CI), imported on first use:
-    the per-trial PNGs need only PIL, and the search loop imports this module for them."""
+    """matplotlib's pyplot on the Agg backend (no display on workers, servers or CI), set once, on first use:
+    the search loop imports this module for the per-trial PNGs, which are drawn elsewhere (a writer)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,10 +28,10 @@ from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile
 from nas.provenance import environment
 from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
                        trial_attrs)
+from nas.sync import open_search_runs as _open_search_runs
 from nas.sync import profile_json
+from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
 from nas.tracking_process import open_tracker
-from nas.tracking import (PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker,
-                          log_in_batches)
 from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
                            total_params)
 from workers.ray_adapter import RayExecutor, TaskSpec, TrialEvent
@@ -508,38 +508,6 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
         lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | "
                      f"{100 * p.val_error:.2f}% | {acc} |")
     return "\n".join(lines) + "\n"
-
-
-def _open_search_runs(tracker: Tracker, study_name: str, run_name: str, tags: dict[str, Any], params: dict[str, Any],
-                      earlier: list[optuna.trial.FrozenTrial], input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Find or create the parent run; adopt the child runs of earlier drivers; on resume, repair the records of
-    the trials they finished (`earlier`).
-
-    Runs on the tracking thread, first in its queue, so a tracking server that is down delays it without
-    stopping the search (`Tracker.call`: module-level, with picklable arguments, for the tracking process).
-    """
-    from mlflow.entities import Param, RunTag
-
-    from nas.sync import find_runs, sync_trial
-
-    client = tracker.client
-    exp = tracker.experiment_id()
-    parent_id, children = find_runs(client, exp, study_name)
-    if parent_id is None:
-        parent_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()}, run_name=run_name).info.run_id
-        existing: dict[str, str] = {}
-    else:
-        client.update_run(parent_id, status="RUNNING")
-        existing = client.get_run(parent_id).data.params
-        client.log_batch(parent_id, tags=[RunTag("resumed", "true")], synchronous=True)
-    tracker.adopt(PARENT, parent_id)
-    for number, run_id in children.items():
-        tracker.adopt(number, run_id)
-    log_in_batches(client, parent_id, params=[Param(k, str(v)) for k, v in params.items() if k not in existing])
-    # Records an earlier driver left incomplete (it died with writes queued, or the server was down). This
-    # driver's own trials (requeued ones included) get their runs from its tracker, never from here.
-    for trial in earlier:
-        sync_trial(client, exp, study_name, parent_id, trial, children.get(trial.number), input_shape, num_classes)
 
 
 def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = None,

@@ -22,9 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.energy import FrontPoint, hypervolume, pareto_front
 from nas.study import ATTR, front_points, trial_attrs
-from nas.tracking import TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, log_bytes, log_in_batches
+from nas.tracking import (PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker, log_bytes,
+                          log_in_batches)
 
-__all__ = ["sync_study", "find_runs", "run_status", "SyncReport"]
+__all__ = ["sync_study", "find_runs", "run_status", "SyncReport", "open_search_runs"]
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED",
           TrialState.RUNNING: "RUNNING", TrialState.WAITING: "SCHEDULED"}
@@ -278,3 +279,32 @@ def _sync_parent(client: MlflowClient, parent_id: str, study: optuna.Study, tria
             client.log_figure(parent_id, fig, "front.png")
         finally:
             close(fig)
+
+
+def open_search_runs(tracker: Tracker, study_name: str, run_name: str, tags: dict[str, Any], params: dict[str, Any],
+                      earlier: list[FrozenTrial], input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Find or create the parent run; adopt the child runs of earlier drivers; on resume, repair the records of
+    the trials they finished (`earlier`).
+
+    Runs on the tracking thread, first in its queue, so a tracking server that is down delays it without
+    stopping the search (`Tracker.call`: module-level, with picklable arguments, for the tracking process;
+    here, not in nas.search, so that process does not import Ray).
+    """
+    client = tracker.client
+    exp = tracker.experiment_id()
+    parent_id, children = find_runs(client, exp, study_name)
+    if parent_id is None:
+        parent_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()}, run_name=run_name).info.run_id
+        existing: dict[str, str] = {}
+    else:
+        client.update_run(parent_id, status="RUNNING")
+        existing = client.get_run(parent_id).data.params
+        client.log_batch(parent_id, tags=[RunTag("resumed", "true")], synchronous=True)
+    tracker.adopt(PARENT, parent_id)
+    for number, run_id in children.items():
+        tracker.adopt(number, run_id)
+    log_in_batches(client, parent_id, params=[Param(k, str(v)) for k, v in params.items() if k not in existing])
+    # Records an earlier driver left incomplete (it died with writes queued, or the server was down). This
+    # driver's own trials (requeued ones included) get their runs from its tracker, never from here.
+    for trial in earlier:
+        sync_trial(client, exp, study_name, parent_id, trial, children.get(trial.number), input_shape, num_classes)

@@ -7,14 +7,19 @@ their order (one pipe, read by one thread that queues them on the child's writer
 on its threads), so everything `Tracker` promises still holds: each run's writes in order, a child run
 created after its parent, retries while the tracking store is down.
 
-What crosses the pipe must pickle: the callables of `log_png`, `log_figure` and `call` are module-level
-functions (or ``functools.partial`` of them) and the models of `log_model` are picklable networks.
+What crosses the pipe must pickle (with the standard pickle, not multiprocessing's, which would send torch
+tensors as shared-memory handles the child cannot open): the callables of `log_png`, `log_figure` and `call`
+are module-level functions (or ``functools.partial`` of them) and the models of `log_model` are picklable
+networks. A write that does not pickle, or does not unpickle in the child, is recorded as failed and the
+others go on.
 
 Faults: if the child dies, the driver logs it once and goes on without MLflow (every record is in the Optuna
 storage; ``nas sync`` rebuilds the runs). If the driver dies, the child sees its pipe close and exits at once
 without writing what is still queued, as the writer threads of a killed driver would: the next driver, or
 ``nas sync``, repairs those runs from the storage, and no orphan writes beside it. Ctrl-C is left to the
-driver, which asks the child to flush and stop.
+driver, which asks the child to flush and stop; a Ctrl-C that lands between a question to the child and its
+answer leaves the pipe unusable, so the driver then closes it and the child stops, dropping what was queued
+(the storage keeps every record; ``nas sync`` rebuilds the runs).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -74,12 +80,13 @@ class TrackingProcess:
         # driver's main module: a user's script without an `if __name__ == "__main__"` guard would start its
         # search again in the child. The child gets the driver's sys.path and one end of a socket pair.
         self._conn, child_end = multiprocessing.Pipe(duplex=True)
-        bootstrap = ("import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
+        bootstrap = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # before the imports (seconds)
+                     "import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
                      "from nas.tracking_process import _serve_fd; _serve_fd(int(sys.argv[1]))")
         self._process = subprocess.Popen([sys.executable, "-c", bootstrap, str(child_end.fileno()), json.dumps(sys.path)],
                                          pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
         child_end.close()
-        self._conn.send((uri, experiment, artifact_location, retry_for, writers))
+        self._conn.send_bytes(_dumps((uri, experiment, artifact_location, retry_for, writers)))
         self._lock = threading.Lock()  # one message (and its answer) on the pipe at a time
         self._dead = ""  # why the child can no longer be reached
         self._unsent: list[str] = []  # writes the driver could not hand to the child
@@ -89,7 +96,7 @@ class TrackingProcess:
     def _died(self, why: str) -> None:
         if not self._dead:
             self._dead = why
-            log.warning("The MLflow tracking process stopped (%s); the search goes on without MLflow. The Optuna "
+            log.warning("The MLflow tracking process is out of reach (%s); the search goes on without MLflow. The Optuna "
                         "storage keeps every record: run `nas sync CONFIG` to rebuild the MLflow runs.", why)
 
     def _write(self, method: str, *args: Any, **kwargs: Any) -> None:
@@ -99,33 +106,44 @@ class TrackingProcess:
                 self._unsent.append(f"MLflow write '{name}' not written: {self._dead}")
                 return
             try:
-                self._conn.send(("write", method, args, kwargs))
+                data = _dumps(("write", method, args, kwargs))
+            except Exception as exc:  # noqa: BLE001 - it does not pickle: nothing was sent, this write is lost
+                log.warning("MLflow write '%s' could not be sent to the tracking process: %s", name, exc)
+                self._unsent.append(f"MLflow write '{name}' could not be sent to the tracking process: {exc}")
+                return
+            try:
+                self._conn.send_bytes(data)
             except (OSError, EOFError) as exc:  # the child is gone
                 self._died(f"its pipe broke: {exc}")
                 self._unsent.append(f"MLflow write '{name}' not written: {self._dead}")
-            except Exception as exc:  # noqa: BLE001 - it did not pickle: the pipe is untouched, this write is lost
-                log.warning("MLflow write '%s' could not be sent to the tracking process: %s", name, exc)
-                self._unsent.append(f"MLflow write '{name}' could not be sent to the tracking process: {exc}")
+            except BaseException:  # interrupted (Ctrl-C) mid-message: what the child reads next is garbage
+                self._died("a message to it was interrupted")
+                raise
 
-    def _ask(self, question: str, *args: Any, default: Any = None, wait: float | None = 0.0) -> Any:
+    def _ask(self, question: str, *args: Any, default: Any = None, wait: float | None = 0.0,
+             grace: float = _ANSWER_GRACE) -> Any:
         """The child's answer to `question` (after every write sent before it); `default` if it cannot answer.
-        `wait`: seconds the question itself may take (None: as long as the child lives)."""
+        `wait`: seconds the question itself may take (None: as long as the child lives); `grace`: how much
+        longer before the child counts as hung."""
         with self._lock:
             if self._dead:
                 return default
             try:
-                self._conn.send(("ask", question, args, {}))
-                deadline = None if wait is None else time.monotonic() + wait + _ANSWER_GRACE
+                self._conn.send_bytes(_dumps(("ask", question, args, {})))
+                deadline = None if wait is None else time.monotonic() + wait + grace
                 while not self._conn.poll(0.5):
                     if self._process.poll() is not None:
                         raise EOFError(f"it exited with code {self._process.returncode}")
                     if deadline is not None and time.monotonic() > deadline:
                         self._process.kill()
-                        raise TimeoutError(f"no answer to '{question}' within {wait + _ANSWER_GRACE:.0f} s")
-                ok, value = self._conn.recv()
+                        raise TimeoutError(f"no answer to '{question}' within {wait + grace:.0f} s")
+                ok, value = pickle.loads(self._conn.recv_bytes())
             except (OSError, EOFError, TimeoutError) as exc:
                 self._died(str(exc))
                 return default
+            except BaseException:  # interrupted (Ctrl-C) between the question and its answer: they no longer pair
+                self._died(f"the driver was interrupted while waiting for its answer to '{question}'")
+                raise
         if not ok:
             raise RuntimeError(f"the tracking process failed to answer '{question}': {value}")
         return value
@@ -196,10 +214,12 @@ class TrackingProcess:
         return bool(self._ask("flush", timeout, default=False, wait=timeout))
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush (at most `timeout` seconds), then stop the child; False if writes were dropped."""
+        """Flush (at most `timeout` seconds), then stop the child; False if writes were dropped (the timeout, or
+        the child out of reach). Writes that failed are in `failed_writes`, as with `Tracker`."""
         done = False
         if not self._dead and self._final is None:
-            answer = self._ask("close", timeout, default=None, wait=timeout)
+            # The child's close joins each writer thread for up to 30 s.
+            answer = self._ask("close", timeout, default=None, wait=timeout, grace=_ANSWER_GRACE + 30 * self.writers)
             if answer is not None:
                 done, self._final = answer
             self._dead = self._dead or "closed"
@@ -210,7 +230,7 @@ class TrackingProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(timeout=10)
-        return done and not self._unsent
+        return done
 
 
 def _serve_fd(fd: int) -> None:
@@ -218,11 +238,11 @@ def _serve_fd(fd: int) -> None:
     from multiprocessing.connection import Connection
 
     # Ctrl-C in a terminal reaches the whole process group: the driver handles it and asks this process to
-    # flush and stop, so the last records are written.
+    # flush and stop, so the last records are written (the bootstrap ignores it before its imports, too).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     try:
-        uri, experiment, artifact_location, retry_for, writers = conn.recv()
+        uri, experiment, artifact_location, retry_for, writers = pickle.loads(conn.recv_bytes())
     except (EOFError, OSError):
         os._exit(0)
     _serve(conn, uri, experiment, artifact_location, retry_for, writers)
@@ -242,11 +262,17 @@ def _serve(conn: Any, uri: str, experiment: str, artifact_location: str | None, 
                     os._exit(0)
                 tracker.flush_stale()
                 continue
-            kind, method, args, kwargs = conn.recv()
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
             # The driver is gone without a word: stop now, as its writer threads would have. Writing what is
             # queued could race the next driver, which repairs these runs from the storage.
             os._exit(0)
+        try:
+            kind, method, args, kwargs = pickle.loads(raw)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class the child cannot import: this write is lost, not the rest
+            log.warning("A message to the tracking process could not be read: %r", exc)
+            tracker.failed_writes.append(f"MLflow write could not be read by the tracking process: {exc!r}")
+            continue
         if kind == "write" and method in _WRITES:
             try:
                 getattr(tracker, method)(*args, **kwargs)
@@ -266,7 +292,7 @@ def _serve(conn: Any, uri: str, experiment: str, artifact_location: str | None, 
             except Exception as exc:  # noqa: BLE001 - the driver hears of it
                 reply = (False, repr(exc))
             try:
-                conn.send(reply)
+                conn.send_bytes(_dumps(reply))
             except (OSError, EOFError):
                 os._exit(0)
             if method == "close":
@@ -275,3 +301,9 @@ def _serve(conn: Any, uri: str, experiment: str, artifact_location: str | None, 
         else:
             tracker.failed_writes.append(f"unknown message to the tracking process: {kind} {method}")
         tracker.flush_stale()
+
+
+def _dumps(message: Any) -> bytes:
+    """`message` pickled with the standard pickler (torch's reductions, registered on multiprocessing's, would
+    send tensors as shared-memory handles)."""
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

@@ -237,7 +237,7 @@ def test_a_killed_tracking_process_stops_mlflow_not_the_search_and_sync_complete
     with caplog.at_level(logging.WARNING, logger="nas.tracking_process"):
         outcome = run_search(config_from_dict(config), executor=ray_executor, on_progress=kill_the_tracking_process)
     assert killed and outcome.count("COMPLETE") == 4
-    assert "The MLflow tracking process stopped" in caplog.text and "nas sync" in caplog.text
+    assert "The MLflow tracking process is out of reach" in caplog.text and "nas sync" in caplog.text
     client = MlflowClient(uri)
 
     def finished_children() -> list:

@@ -77,7 +77,75 @@ def test_a_write_that_does_not_pickle_is_recorded_and_the_others_go_on(tmp_path)
     assert len(tracker.failed_writes) == 1 and "'log_png of 1' could not be sent" in tracker.failed_writes[0]
     run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id(1))
     assert run.info.status == "FINISHED" and run.data.params == {"depth": "2"} and run.data.metrics["E_CNN"] == 0.5
-    assert not tracker.close(timeout=30)  # a write was lost: close says so
+    assert tracker.close(timeout=30)  # nothing dropped: the lost write is in failed_writes, as with Tracker
+    assert len(tracker.failed_writes) == 1
+
+
+def _explode() -> None:
+    raise RuntimeError("cannot be rebuilt here")
+
+
+class _Unreadable:
+    """Pickles in the driver; unpickling it (in the child) raises."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def test_a_model_a_figure_and_an_unreadable_write_through_the_process(tmp_path):
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from nas.energy import FrontPoint
+    from nas.plots import front_figure
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = TrackingProcess(uri, "tracking-test", str(tmp_path / "artifacts"), writers=2)
+    tracker.start_run("search", "search", {}, {})
+    points = [FrontPoint(0, 100.0, 0.2, 10, "a", "cnn a"), FrontPoint(1, 50.0, 0.3, 5, "b", "cnn b")]
+    tracker.log_figure("search", functools.partial(front_figure, points, points, "front"), "front.png")
+    tracker.log_dict("search", _Unreadable(), "broken.json")  # lost in the child, and said so; the rest goes on
+    tracker.start_run(1, "trial-0001", {}, {})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    example = np.ones((2, 1, 4), dtype=np.float32)
+    # torch registers shared-memory reductions on multiprocessing's pickler: the weights must travel as data
+    tracker.log_model(1, model, example, {"test_accuracy": 0.9})
+    tracker.end_run(1, "FINISHED", {}, {}, step=0)
+    assert tracker.flush(timeout=120)
+    assert len(tracker.failed_writes) == 1 and "cannot be rebuilt here" in tracker.failed_writes[0]
+    client = MlflowClient(tracking_uri=uri)
+    assert {a.path for a in client.list_artifacts(tracker.run_id("search"))} == {"front.png"}
+    run = client.get_run(tracker.run_id(1))
+    assert run.data.tags["has_model"] == "true" and run.data.metrics["test_accuracy"] == 0.9
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    with torch.no_grad():
+        assert torch.equal(loaded(torch.as_tensor(example)), model(torch.as_tensor(example)))
+    assert tracker.close(timeout=30) and len(tracker.failed_writes) == 1  # kept from the child's last report
+
+
+def test_an_interrupted_question_leaves_the_pipe_closed_not_mispaired(tmp_path, monkeypatch):
+    import pytest
+
+    tracker = TrackingProcess(f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking-test", str(tmp_path / "artifacts"))
+    tracker.start_run(1, "trial-0001", {}, {})
+    assert tracker.flush(timeout=60)
+
+    def interrupted(_timeout):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracker._conn, "poll", interrupted)  # Ctrl-C while the driver waits for an answer
+    with pytest.raises(KeyboardInterrupt):
+        tracker.flush(timeout=60)
+    monkeypatch.undo()
+    # The answer to that flush may still come: nothing reads it as the answer to another question.
+    assert tracker.backlog == 0 and tracker.run_id(1) is None and tracker.flush(timeout=1) is False
+    tracker.start_run(2, "trial-0002", {}, {})
+    assert any("'start_run of 2' not written" in w for w in tracker.failed_writes)
+    assert tracker.close(timeout=5) is False
+    assert tracker._process.poll() is not None  # the child saw its pipe close and stopped
 
 
 def test_a_dead_tracking_process_leaves_the_driver_running(tmp_path):
