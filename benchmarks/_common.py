@@ -39,6 +39,15 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- configs -------------------------------------------------------------------------------------------------
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children that were waited for (the tracking process, joined when
+    its search ends)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def store_overrides(folder: Path) -> list[str]:
     """Overrides that point a config at fresh SQLite stores and an artifact folder under `folder`."""
     return [f"search.storage=sqlite:///{folder / 'optuna.db'}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",

@@ -40,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from benchmarks._common import machine, machine_line, temp_folder
+from benchmarks._common import children_cpu, machine, machine_line, temp_folder
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -96,14 +96,7 @@ def measure(storage: str, folder: Path, n_trials: int, sampler: str, executor: A
             label: str, tracking: dict[str, Any], kind: str, diagnostics: bool = True) -> dict[str, Any]:
     from nas.search import run_search
 
-    import resource
-
     config = _config(storage, folder, n_trials, sampler, name, tracking, diagnostics)
-
-    def children_cpu() -> float:  # finished child processes waited for: the tracking process, joined at the end
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
     cpu_before, wall_before, children_before = time.process_time(), time.perf_counter(), children_cpu()
     outcome = run_search(config, executor=executor)
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before

@@ -20,22 +20,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import machine, machine_line, temp_folder
+from benchmarks._common import children_cpu, machine, machine_line, temp_folder
 
 EPOCH = ("train_loss", "val_loss", "val_error", "loss_residual", "update_residual", "lr")
 FINAL = ("E_comp", "E_CNN", "F", "val_error", "epochs", "fixed_point_reached", "params", "train_wall_time",
          "loss_residual", "update_residual", "final_lr")
 DIAGNOSTICS = tuple(f"m{i}" for i in range(8))
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def replay(folder: Path, n_trials: int, process: bool, writers: int) -> dict[str, Any]:
@@ -45,7 +39,7 @@ def replay(folder: Path, n_trials: int, process: bool, writers: int) -> dict[str
     from nas.tracking import PARENT, Tracker
     from nas.tracking_process import TrackingProcess
 
-    cpu0, children0, wall0 = time.process_time(), _children_cpu(), time.perf_counter()
+    cpu0, children0, wall0 = time.process_time(), children_cpu(), time.perf_counter()
     kind = TrackingProcess if process else Tracker
     tracker = kind(f"sqlite:///{folder / 'mlflow.db'}", "tracking-throughput", str(folder / "artifacts"), writers=writers)
     tracker.start_run(PARENT, "search", {"geonas.kind": "search"}, {f"config.key{i}": i for i in range(60)})
@@ -73,7 +67,7 @@ def replay(folder: Path, n_trials: int, process: bool, writers: int) -> dict[str
     wall = time.perf_counter() - wall0
     failed = len(tracker.failed_writes)
     tracker.close()
-    cpu, children = time.process_time() - cpu0, _children_cpu() - children0
+    cpu, children = time.process_time() - cpu0, children_cpu() - children0
     return {"process": process, "writers": writers, "trials": n_trials, "wall_s": round(wall, 2),
             "trials_per_s": round(n_trials / wall, 1), "caller_cpu_ms_per_trial": round(1000 * cpu / n_trials, 1),
             "tracking_process_cpu_ms_per_trial": round(1000 * children / n_trials, 1),
