@@ -105,6 +105,7 @@ class SearchConfig:
     bound_check: bool = True
     reference_point: tuple[float, float] = (1.0e6, 1.0)
     final_seeds: int = 3
+    final_refit: bool = True  # the final test trains each member on train + validation (docs/SEARCH.md)
     storage: str = "sqlite:///runs/optuna.db"
     study_name: str | None = None
     diagnostics: bool = True  # the geometry diagnostics of every trained trial (docs/DIAGNOSTICS.md)

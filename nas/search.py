@@ -41,6 +41,8 @@ __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 FRONT_REFRESH_SECONDS = 30.0
 TRACKING_DELAY = 2.0  # seconds the per-epoch and per-trial metrics may wait to be written in one batch
 EPOCH_PREFIX = "epoch/"
+FINAL_METRICS = ("test_accuracy_mean", "test_accuracy_std", "test_accuracy_train_split_mean")  # per member run
+
 log = logging.getLogger(__name__)
 
 
@@ -425,7 +427,10 @@ class _Search:
             self._log_front(force=True)
             return {}
         existing = dict(self.study.user_attrs.get("final_test", {}))
-        todo = [p for p in front if str(p.trial_number) not in existing]
+        refit = self.search.final_refit
+        # An entry made under the other protocol (or before there was a choice: no "refit" key) is redone.
+        todo = [p for p in front if existing.get(str(p.trial_number), {}).get("refit", False) != refit
+                or str(p.trial_number) not in existing]
         if todo:
             data_ref = self.executor.put(self.dataset)
             trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
@@ -434,30 +439,36 @@ class _Search:
                 for k in range(seeds):
                     # The first retraining also brings its weights back: it is the member's logged model.
                     spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
-                                    evaluate_test=True, return_state=(k == 0), diagnostics=False)
+                                    evaluate_test=True, return_state=(k == 0), diagnostics=False, refit=refit)
                     self.executor.submit(("final", point.trial_number, k), spec, data_ref)
             results: dict[int, dict[int, float]] = {p.trial_number: {} for p in todo}
+            split_results: dict[int, dict[int, float]] = {p.trial_number: {} for p in todo}
             reasons: dict[int, list[str]] = {p.trial_number: [] for p in todo}
             for event in self.executor.wait_all():
                 _, number, k = event.key
                 if event.kind == "result" and event.payload:
                     results[number][k] = float(event.payload["test_accuracy"])
+                    if "test_accuracy_train_split" in event.payload:
+                        split_results[number][k] = float(event.payload["test_accuracy_train_split"])
                     if "state_dict" in event.payload:
                         self._log_model(number, trials[number], event.payload, seed_index=k)
                 elif event.kind in ("error", "cancelled"):
                     reasons[number].append(event.reason)
             for number, by_seed in results.items():
                 values = [by_seed[k] for k in sorted(by_seed)]
-                entry: dict[str, Any] = {"seeds": len(values), "test_accuracy": values}
+                entry: dict[str, Any] = {"seeds": len(values), "refit": refit, "test_accuracy": values}
                 if values:
                     entry["test_accuracy_mean"] = statistics.fmean(values)
                     entry["test_accuracy_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+                split = [split_results[number][k] for k in sorted(split_results[number])]
+                if split:  # with refit: the same runs' networks trained on the training split alone
+                    entry["test_accuracy_train_split"] = split
+                    entry["test_accuracy_train_split_mean"] = statistics.fmean(split)
                 if reasons[number]:
                     entry["failures"] = reasons[number]
                 existing[str(number)] = entry
                 if values:
-                    self.tracker.log_metrics(number, {"test_accuracy_mean": entry["test_accuracy_mean"],
-                                                      "test_accuracy_std": entry["test_accuracy_std"]}, step=0,
+                    self.tracker.log_metrics(number, {k: entry[k] for k in FINAL_METRICS if k in entry}, step=0,
                                              flush=True)
             self.study.set_user_attr("final_test", existing)
         self._log_front(force=True)
@@ -491,7 +502,9 @@ def front_json(front: list[FrontPoint], hv: float, final: dict[str, dict[str, An
         test = final.get(str(p.trial_number))
         if test and "test_accuracy_mean" in test:
             member.update(test_accuracy_mean=test["test_accuracy_mean"], test_accuracy_std=test["test_accuracy_std"],
-                          test_seeds=test["seeds"])
+                          test_seeds=test["seeds"], test_refit=bool(test.get("refit", False)))
+            if "test_accuracy_train_split_mean" in test:
+                member["test_accuracy_train_split_mean"] = test["test_accuracy_train_split_mean"]
         members.append(member)
     return {"hypervolume": hv, "front": members}
 
@@ -507,6 +520,9 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
                f"({test['seeds']} seeds)" if "test_accuracy_mean" in test else "—")
         lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | "
                      f"{100 * p.val_error:.2f}% | {acc} |")
+    if any(final.get(str(p.trial_number), {}).get("refit") for p in front):
+        lines.append("\nTest accuracy: each seed's network trained again on the training and validation splits "
+                     "with its run's schedule (search.final_refit), then tested once.")
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "train_to_fixed_point",
     "fit",
     "fit_steps",
+    "refit",
     "seeded_model",
     "evaluate",
     "resolve_device",
@@ -271,6 +272,67 @@ def fit(
             report(epoch, metrics)
 
 
+def _device_for(cfg: TrainConfig) -> torch.device:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        # The determinism promise (same trial, same machine, same numbers) holds on a GPU only with cuDNN's
+        # deterministic kernels and without its autotuner, which may pick different kernels per run.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int, order_rng: np.random.Generator, epoch: int) -> float:
+    """One pass over (x, y) in an order drawn from `order_rng`; returns the mean training loss."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(y)
+    order = torch.as_tensor(order_rng.permutation(n), device=x.device)
+    running, seen = 0.0, 0
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        running += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    train_loss = running / seen
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged.at(epoch, "the training loss", train_loss)
+    return train_loss
+
+
+def refit(model: nn.Module, data: TrainData, cfg: TrainConfig, lrs: list[float], *, seed: int = 0) -> nn.Module:
+    """Train a fresh `model` on the training and validation splits together, replaying a run's schedule.
+
+    The final evaluation of a chosen architecture (the usual protocol of architecture search): once the
+    validation split has done its work (choosing the architecture, the learning-rate cuts and the epoch at
+    which the run reached its fixed point), the network is trained again on all labelled data with that
+    schedule, one epoch per entry of `lrs` (a run's per-epoch ``lr`` history), and the last weights are
+    kept: with no validation split left, nothing else could choose them.
+
+    Raises:
+        ValueError: when `lrs` is empty.
+        TrainingDiverged: when the training loss becomes NaN or infinite.
+    """
+    if not lrs:
+        raise ValueError("refit needs the schedule of at least one epoch")
+    device = _device_for(cfg)
+    model = model.to(device)
+    x = torch.as_tensor(np.concatenate([data.x_train, data.x_val]), device=device)
+    y = torch.as_tensor(np.concatenate([data.y_train, data.y_val]), device=device)
+    order_rng = np.random.default_rng(seed)
+    optimizer = _optimizer(model, cfg)
+    for epoch, lr in enumerate(lrs, start=1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        _train_epoch(model, optimizer, x, y, cfg.batch_size, order_rng, epoch)
+    model.eval()
+    return model
+
+
 def fit_steps(
     model: nn.Module, data: TrainData, cfg: TrainConfig, *, seed: int = 0
 ) -> Generator[tuple[int, dict[str, float]], None, tuple[TrialResult, nn.Module]]:
@@ -280,12 +342,7 @@ def fit_steps(
     without threads.
     """
     started = time.perf_counter()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        # The determinism promise (same trial, same machine, same numbers) holds on a GPU only with cuDNN's
-        # deterministic kernels and without its autotuner, which may pick different kernels per run.
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+    device = _device_for(cfg)
     model = model.to(device)
     x_train = torch.as_tensor(data.x_train, device=device)
     y_train = torch.as_tensor(data.y_train, device=device)
@@ -293,7 +350,6 @@ def fit_steps(
     y_val = torch.as_tensor(data.y_val, device=device)
     order_rng = np.random.default_rng(seed)
     optimizer = _optimizer(model, cfg)
-    loss_fn = nn.CrossEntropyLoss()
     # Below this best validation loss the network has left chance level (see the chance guard above).
     chance_bar = (1.0 - cfg.chance_tol) * chance_loss(data.y_train, int(data.num_classes)) if cfg.chance_tol else math.inf
 
@@ -307,23 +363,9 @@ def fit_steps(
     fixed_point = False
     train_loss = math.nan
     epoch = 0
-    n = len(y_train)
     for epoch in range(1, cfg.max_epochs + 1):
         before = _param_vector(model).clone()
-        model.train()
-        order = torch.as_tensor(order_rng.permutation(n), device=device)
-        running, seen = 0.0, 0
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[idx]), y_train[idx])
-            loss.backward()
-            optimizer.step()
-            running += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        train_loss = running / seen
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged.at(epoch, "the training loss", train_loss)
+        train_loss = _train_epoch(model, optimizer, x_train, y_train, cfg.batch_size, order_rng, epoch)
         val_loss, val_error = evaluate(model, x_val, y_val)
         if not math.isfinite(val_loss):
             raise TrainingDiverged.at(epoch, "the validation loss", val_loss)

@@ -19,7 +19,7 @@ from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
 from search_spaces import Architecture, layer_costs
 from workers._diagnostics import diagnose
-from workers._trainer import TrainConfig, TrainData, evaluate, fit_steps, seeded_model
+from workers._trainer import TrainConfig, TrainData, evaluate, fit_steps, refit, seeded_model
 
 __all__ = ["RayExecutor", "TrialEvent", "TaskSpec", "cluster_cpus"]
 
@@ -48,6 +48,7 @@ class TaskSpec:
     evaluate_test: bool = False
     return_state: bool = False
     diagnostics: bool = True
+    refit: bool = False  # with evaluate_test: also train on train + validation with the run's schedule (`refit`)
 
 
 def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict[str, Any], None, None]:
@@ -82,13 +83,25 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
         payload["diagnostics"] = diagnostics
     payload["diagnose_time"] = diagnose_s  # seconds of the geometry diagnostics, outside the trainer's wall_time
     if spec.evaluate_test:
-        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
-        test_loss, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device),
-                                         torch.as_tensor(data.y_test, device=device))
-        payload.update(test_loss=test_loss, test_accuracy=1.0 - test_error)
+        payload.update(_test(model, data))
+        if spec.refit:
+            # The run above chose the schedule on the validation split; the network the user gets is trained
+            # again on both splits with it, and is the one tested (the split-trained one's test is kept too).
+            payload.update({f"{k}_train_split": v for k, v in payload.items() if k.startswith("test_")})
+            model = refit(seeded_model(arch, data, spec.seed), data, spec.train,
+                          [h["lr"] for h in result.history], seed=spec.seed)
+            payload.update(_test(model, data), refit_epochs=len(result.history))
     if spec.return_state:
         payload["state_dict"] = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     yield {"kind": "result", "result": payload}
+
+
+def _test(model: Any, data: TrainData) -> dict[str, float]:
+    """The test loss and accuracy of `model`, evaluated once."""
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    test_loss, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device),
+                                     torch.as_tensor(data.y_test, device=device))
+    return {"test_loss": test_loss, "test_accuracy": 1.0 - test_error}
 
 
 def _reason(exc: BaseException) -> str:

@@ -66,6 +66,10 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
     assert outcome.front and set(str(p.trial_number) for p in outcome.front) == set(outcome.final_test)
     for entry in outcome.final_test.values():
         assert entry["seeds"] == 2 and 0 < entry["test_accuracy_mean"] <= 1
+        # the default final test trains each seed's network again on train + validation (search.final_refit)
+        # and keeps the same runs' split-trained test accuracies beside it
+        assert entry["refit"] is True and len(entry["test_accuracy_train_split"]) == 2
+        assert 0 < entry["test_accuracy_train_split_mean"] <= 1
 
     # MLflow: one parent, one child per trial, nested under the parent.
     client, parents, children = _runs(stores["tracking"], "tiny")
@@ -85,7 +89,10 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
     front_file = Path(client.download_artifacts(parent.info.run_id, "front.json"))
     front = json.loads(front_file.read_text())
     assert [m["trial_number"] for m in front["front"]] == [p.trial_number for p in outcome.front]
-    assert all("test_accuracy_mean" in m for m in front["front"])
+    assert all("test_accuracy_mean" in m and m["test_refit"] for m in front["front"])
+    member_run = next(c for c in _runs(stores["tracking"], "tiny")[2]
+                      if int(c.data.tags["trial_number"]) == outcome.front[0].trial_number)
+    assert {"test_accuracy_mean", "test_accuracy_std", "test_accuracy_train_split_mean"} <= set(member_run.data.metrics)
 
     for child in children:
         number = int(child.data.tags["trial_number"])
@@ -166,6 +173,13 @@ def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores
     assert second.final_test == first.final_test  # test results are not recomputed (the test split is read once)
     _, parents, children = _runs(stores["tracking"], "again")
     assert len(parents) == 1 and len(children) == 3
+    # a rerun under the other final-test protocol redoes the entries made under the first, and only those
+    split_only = run_search(tiny_config(stores, name="again", search={
+        "n_trials": 3, "n_startup_trials": 3, "final_seeds": 1, "final_refit": False, "storage": stores["storage"]}),
+        executor=ray_executor)
+    assert set(split_only.final_test) == set(first.final_test)
+    assert all(e["refit"] is False and "test_accuracy_train_split" not in e for e in split_only.final_test.values())
+    assert all(e["refit"] is True for e in first.final_test.values())
 
 
 def test_a_resumed_search_whose_run_lookup_is_slow_gives_each_new_trial_one_run(stores, ray_executor, monkeypatch):

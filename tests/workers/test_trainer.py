@@ -10,7 +10,9 @@ import pytest
 from nas.config import DataConfig
 from nas.data import load_dataset
 from search_spaces import Architecture
-from workers import TrainConfig, TrainingDiverged, chance_loss, train_to_fixed_point
+import torch
+
+from workers import TrainConfig, TrainingDiverged, chance_loss, evaluate, fit, refit, seeded_model, train_to_fixed_point
 
 SMALL_CNN = {"space": "cnn", "channels": [16, 32], "kernel_sizes": [3, 3], "activation": "relu", "batch_norm": True,
              "downsample": "stride", "downsample_every": 1, "head": "global_pool"}
@@ -83,6 +85,36 @@ def test_same_seed_gives_the_same_numbers(digits):
     c = train_to_fixed_point(arch, digits, cfg, seed=6)
     assert a.history == b.history  # deterministic per trial
     assert a.history != c.history  # the seed matters
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_refit_trains_on_train_and_validation_with_the_given_schedule(digits):
+    arch = Architecture.from_dict(SMALL_CNN)
+    cfg = TrainConfig(max_epochs=30)
+    result, fitted = fit(seeded_model(arch, digits, 3), digits, cfg, seed=3)
+    lrs = [h["lr"] for h in result.history]
+    refitted = refit(seeded_model(arch, digits, 3), digits, cfg, lrs, seed=3)
+    x_val, y_val = torch.as_tensor(digits.x_val), torch.as_tensor(digits.y_val)
+    # the validation split is training data now: the refitted network fits it better than the one that never saw it
+    assert evaluate(refitted, x_val, y_val)[0] < 0.5 * evaluate(fitted, x_val, y_val)[0]
+    assert not refitted.training  # handed back ready to evaluate
+    # deterministic: the same seed and schedule give the same weights
+    again = refit(seeded_model(arch, digits, 3), digits, cfg, lrs, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(_state(refitted).values(), _state(again).values()))
+
+
+def test_refit_follows_the_schedule_epoch_by_epoch(digits):
+    arch = Architecture.from_dict({**SMALL_CNN, "batch_norm": False})  # no running statistics: only steps move weights
+    start = seeded_model(arch, digits, 0)
+    frozen = refit(seeded_model(arch, digits, 0), digits, TrainConfig(), [0.0, 0.0], seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(_state(start).values(), _state(frozen).values()))  # lr 0: no step
+    moved = refit(seeded_model(arch, digits, 0), digits, TrainConfig(), [0.003, 0.0], seed=0)
+    assert not all(torch.equal(a, b) for a, b in zip(_state(start).values(), _state(moved).values()))
+    with pytest.raises(ValueError, match="schedule"):
+        refit(seeded_model(arch, digits, 0), digits, TrainConfig(), [], seed=0)
 
 
 def test_divergence_raises_with_reason_diverged(digits):
