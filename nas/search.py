@@ -29,7 +29,7 @@ from nas.provenance import environment
 from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
                        trial_attrs)
 from nas.sync import open_search_runs as _open_search_runs
-from nas.sync import profile_json
+from nas.sync import member_test_metrics, profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
 from nas.tracking_process import open_tracker
 from search_spaces import (Architecture, InfeasibleArchitecture, build_model, get_space, layer_costs, total_macs,
@@ -41,8 +41,6 @@ __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 FRONT_REFRESH_SECONDS = 30.0
 TRACKING_DELAY = 2.0  # seconds the per-epoch and per-trial metrics may wait to be written in one batch
 EPOCH_PREFIX = "epoch/"
-FINAL_METRICS = ("test_accuracy_mean", "test_accuracy_std", "test_accuracy_train_split_mean")  # per member run
-
 log = logging.getLogger(__name__)
 
 
@@ -468,8 +466,7 @@ class _Search:
                     entry["failures"] = reasons[number]
                 existing[str(number)] = entry
                 if values:
-                    self.tracker.log_metrics(number, {k: entry[k] for k in FINAL_METRICS if k in entry}, step=0,
-                                             flush=True)
+                    self.tracker.log_metrics(number, member_test_metrics(entry), step=0, flush=True)
             self.study.set_user_attr("final_test", existing)
         self._log_front(force=True)
         table = front_table(front, existing)

@@ -100,6 +100,14 @@ def final_metrics(trial: FrozenTrial) -> dict[str, float]:
     return metrics
 
 
+FINAL_METRICS = ("test_accuracy_mean", "test_accuracy_std", "test_accuracy_train_split_mean")
+
+
+def member_test_metrics(entry: dict[str, Any] | None) -> dict[str, float]:
+    """A front member's final-test metrics (its run's), from its entry of the study's ``final_test``."""
+    return {k: float(entry[k]) for k in FINAL_METRICS if entry and entry.get(k) is not None}
+
+
 def _same(logged: float | None, value: float) -> bool:
     """Equal, NaN included (an unknown residual is logged as NaN)."""
     return logged is not None and (logged == value or (math.isnan(logged) and math.isnan(value)))
@@ -131,8 +139,10 @@ def _missing_metrics(client: MlflowClient, run_id: str, existing: dict[str, floa
 
 
 def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent_id: str, trial: FrozenTrial,
-               run_id: str | None, input_shape: tuple[int, ...] | None, num_classes: int | None) -> bool:
-    """Make the child run of `trial` match the storage; True if anything was written."""
+               run_id: str | None, input_shape: tuple[int, ...] | None, num_classes: int | None,
+               final_test: dict[str, Any] | None = None) -> bool:
+    """Make the child run of `trial` match the storage (and `final_test`, its entry of the study's final
+    test when it is a front member); True if anything was written."""
     wrote = False
     tags = trial_tags(study_name, trial)
     if run_id is None:
@@ -152,6 +162,9 @@ def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent
     for name, value in final_metrics(trial).items():
         if not _same(data.metrics.get(name), value):
             metrics.append(Metric(name, value, 0, step))
+    for name, value in member_test_metrics(final_test).items():
+        if not _same(data.metrics.get(name), value):
+            metrics.append(Metric(name, value, 0, 0))
     wrote |= log_in_batches(client, run_id, metrics, params, new_tags)
     wrote |= _sync_trial_artifacts(client, run_id, trial, input_shape, num_classes)
     status = run_status(trial)
@@ -237,12 +250,13 @@ def sync_study(study: optuna.Study, client: MlflowClient, experiment_id: str) ->
     input_shape = tuple(attrs["input_shape"]) if attrs.get("input_shape") else None
     num_classes = attrs.get("num_classes")
     trials = study.get_trials(deepcopy=False)
+    final = attrs.get("final_test") or {}
     for trial in trials:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             continue
         existed = trial.number in children
         if sync_trial(client, experiment_id, name, parent_id, trial, children.get(trial.number), input_shape,
-                      num_classes):
+                      num_classes, final.get(str(trial.number))):
             (report.updated if existed else report.created).append(trial.number)
     _sync_parent(client, parent_id, study, trials)
     return report

@@ -209,6 +209,17 @@ def test_sync_rebuilds_every_run_lost_while_the_server_was_down(pg_database, ray
             assert len(history) == trial_attrs(trial)["epochs"]
             assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
                 "architecture.json", "complexity_profile.json", "complexity_profile.png"}
+        # the final test of the front members, lost with the rest, is back on their runs
+        final = study.user_attrs["final_test"]
+        assert final and set(final) == {str(p.trial_number) for p in outcome.front}
+        for run in children:
+            entry = final.get(run.data.tags["trial_number"])
+            if entry:
+                assert run.data.metrics["test_accuracy_mean"] == pytest.approx(entry["test_accuracy_mean"])
+                assert run.data.metrics["test_accuracy_train_split_mean"] == pytest.approx(
+                    entry["test_accuracy_train_split_mean"])
+            else:
+                assert "test_accuracy_mean" not in run.data.metrics
         parent = parents[0]
         assert len(client.get_metric_history(parent.info.run_id, "hypervolume")) == 3
         assert {"front.json", "front_table.md", "front.png", "config.yaml"} <= {
