@@ -13,8 +13,9 @@ bottleneck. The figures per storage:
 * driver CPU per trial: CPU seconds of the driver process over the whole run (its threads included: the
   tracking writers when they run on threads, Ray's client threads) per trial; 1 / that is what one driver
   could feed if workers were free and nothing else used its core;
-* tracking process CPU per trial: with ``tracking.process`` (the default), the CPU seconds of the child
-  process that does the MLflow writes, per trial (``--process on,off`` compares the two set-ups).
+* tracking process CPU per trial: with ``tracking.process: true`` (``--process on``; the config's default is
+  off), the CPU seconds of the child process that does the MLflow writes, per trial (``--process on,off``
+  compares the two set-ups).
 
 The MLflow side is either a SQLite store in the driver's process (``--tracking sqlite``, the embedded default)
 or a real ``mlflow server`` process on 127.0.0.1 over its own PostgreSQL database, with proxied artifacts
@@ -148,8 +149,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="comma-separated: sqlite, " + ", ".join(STORAGE_FORMATS))
     parser.add_argument("--tracking", default="sqlite", help="comma-separated: sqlite (in the driver), server, server-direct")
     parser.add_argument("--writers", default="", help="comma-separated writer thread counts (default: the config's)")
-    parser.add_argument("--process", default="on",
-                        help="comma-separated: on (tracking.process: the MLflow writers in a process of their own), off")
+    parser.add_argument("--process", default="off",
+                        help="comma-separated: off (the config's default: the MLflow writers on threads of the driver), "
+                             "on (tracking.process: the writers in a process of their own)")
     parser.add_argument("--server-workers", type=int, default=2, help="worker processes of the mlflow server")
     parser.add_argument("--parallelism", type=int, default=2,
                         help="trials in flight; above the cores, Ray queues the extra ones, so the driver never waits "
