@@ -283,15 +283,23 @@ def _device_for(cfg: TrainConfig) -> torch.device:
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int, order_rng: np.random.Generator, epoch: int) -> float:
-    """One pass over (x, y) in an order drawn from `order_rng`; returns the mean training loss."""
+                 batch_size: int, order_rng: np.random.Generator, epoch: int, no_single_batch: bool = False) -> float:
+    """One pass over (x, y) in an order drawn from `order_rng`; returns the mean training loss.
+
+    `no_single_batch`: a last batch of one sample joins the batch before it (batch norm cannot train on one
+    sample of a 1x1 map); the refit sets it, as its sample count is not the one the search's runs trained on.
+    """
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     n = len(y)
     order = torch.as_tensor(order_rng.permutation(n), device=x.device)
+    starts = list(range(0, n, batch_size))
+    if no_single_batch and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [n]
     running, seen = 0.0, 0
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+    for start, end in zip(starts, ends):
+        idx = order[start:end]
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x[idx]), y[idx])
         loss.backward()
@@ -328,7 +336,7 @@ def refit(model: nn.Module, data: TrainData, cfg: TrainConfig, lrs: list[float],
     for epoch, lr in enumerate(lrs, start=1):
         for group in optimizer.param_groups:
             group["lr"] = lr
-        _train_epoch(model, optimizer, x, y, cfg.batch_size, order_rng, epoch)
+        _train_epoch(model, optimizer, x, y, cfg.batch_size, order_rng, epoch, no_single_batch=True)
     model.eval()
     return model
 

@@ -93,7 +93,7 @@ def _state(model):
 
 def test_refit_trains_on_train_and_validation_with_the_given_schedule(digits):
     arch = Architecture.from_dict(SMALL_CNN)
-    cfg = TrainConfig(max_epochs=30)
+    cfg = TrainConfig(max_epochs=30, device="cpu")
     result, fitted = fit(seeded_model(arch, digits, 3), digits, cfg, seed=3)
     lrs = [h["lr"] for h in result.history]
     refitted = refit(seeded_model(arch, digits, 3), digits, cfg, lrs, seed=3)
@@ -108,13 +108,28 @@ def test_refit_trains_on_train_and_validation_with_the_given_schedule(digits):
 
 def test_refit_follows_the_schedule_epoch_by_epoch(digits):
     arch = Architecture.from_dict({**SMALL_CNN, "batch_norm": False})  # no running statistics: only steps move weights
+    cpu = TrainConfig(device="cpu")
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(_state(a).values(), _state(b).values()))
+
     start = seeded_model(arch, digits, 0)
-    frozen = refit(seeded_model(arch, digits, 0), digits, TrainConfig(), [0.0, 0.0], seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(_state(start).values(), _state(frozen).values()))  # lr 0: no step
-    moved = refit(seeded_model(arch, digits, 0), digits, TrainConfig(), [0.003, 0.0], seed=0)
-    assert not all(torch.equal(a, b) for a, b in zip(_state(start).values(), _state(moved).values()))
+    assert same(start, refit(seeded_model(arch, digits, 0), digits, cpu, [0.0, 0.0], seed=0))  # lr 0: no step
+    moved = refit(seeded_model(arch, digits, 0), digits, cpu, [0.003, 0.0], seed=0)
+    assert not same(start, moved)
+    # one epoch per entry, in order: a step in the first epoch only equals one epoch, not the reversed schedule
+    assert same(moved, refit(seeded_model(arch, digits, 0), digits, cpu, [0.003], seed=0))
+    assert not same(moved, refit(seeded_model(arch, digits, 0), digits, cpu, [0.0, 0.003], seed=0))
     with pytest.raises(ValueError, match="schedule"):
-        refit(seeded_model(arch, digits, 0), digits, TrainConfig(), [], seed=0)
+        refit(seeded_model(arch, digits, 0), digits, cpu, [], seed=0)
+
+
+def test_refit_never_trains_on_a_batch_of_one(digits):
+    # train + validation may leave one sample for the last batch, where batch norm on a 1x1 map cannot train
+    arch = Architecture.from_dict({**SMALL_CNN, "channels": [8, 8, 8, 8], "kernel_sizes": [3, 3, 3, 3]})
+    n = len(digits.y_train) + len(digits.y_val)
+    model = refit(seeded_model(arch, digits, 0), digits, TrainConfig(device="cpu", batch_size=n - 1), [0.003], seed=0)
+    assert not model.training
 
 
 def test_divergence_raises_with_reason_diverged(digits):
