@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +163,10 @@ def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent
     for name, value in final_metrics(trial).items():
         if not _same(data.metrics.get(name), value):
             metrics.append(Metric(name, value, 0, step))
+    now_ms = int(time.time() * 1000)  # newer than a value of the other final-test protocol, so it is the latest
     for name, value in member_test_metrics(final_test).items():
         if not _same(data.metrics.get(name), value):
-            metrics.append(Metric(name, value, 0, 0))
+            metrics.append(Metric(name, value, now_ms, 0))
     wrote |= log_in_batches(client, run_id, metrics, params, new_tags)
     wrote |= _sync_trial_artifacts(client, run_id, trial, input_shape, num_classes)
     status = run_status(trial)
