@@ -439,33 +439,20 @@ class _Search:
                     spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
                                     evaluate_test=True, return_state=(k == 0), diagnostics=False, refit=refit)
                     self.executor.submit(("final", point.trial_number, k), spec, data_ref)
-            results: dict[int, dict[int, float]] = {p.trial_number: {} for p in todo}
-            split_results: dict[int, dict[int, float]] = {p.trial_number: {} for p in todo}
+            payloads: dict[int, dict[int, dict[str, Any]]] = {p.trial_number: {} for p in todo}
             reasons: dict[int, list[str]] = {p.trial_number: [] for p in todo}
             for event in self.executor.wait_all():
                 _, number, k = event.key
                 if event.kind == "result" and event.payload:
-                    results[number][k] = float(event.payload["test_accuracy"])
-                    if "test_accuracy_train_split" in event.payload:
-                        split_results[number][k] = float(event.payload["test_accuracy_train_split"])
                     if "state_dict" in event.payload:
                         self._log_model(number, trials[number], event.payload, seed_index=k)
+                    payloads[number][k] = {key: v for key, v in event.payload.items() if key != "state_dict"}
                 elif event.kind in ("error", "cancelled"):
                     reasons[number].append(event.reason)
-            for number, by_seed in results.items():
-                values = [by_seed[k] for k in sorted(by_seed)]
-                entry: dict[str, Any] = {"seeds": len(values), "refit": refit, "test_accuracy": values}
-                if values:
-                    entry["test_accuracy_mean"] = statistics.fmean(values)
-                    entry["test_accuracy_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-                split = [split_results[number][k] for k in sorted(split_results[number])]
-                if split:  # with refit: the same runs' networks trained on the training split alone
-                    entry["test_accuracy_train_split"] = split
-                    entry["test_accuracy_train_split_mean"] = statistics.fmean(split)
-                if reasons[number]:
-                    entry["failures"] = reasons[number]
+            for number in payloads:
+                entry = final_entry(refit, payloads[number], reasons[number], existing.get(str(number)))
                 existing[str(number)] = entry
-                if values:
+                if entry.get("refit") == refit and "test_accuracy_mean" in entry:
                     self.tracker.log_metrics(number, member_test_metrics(entry), step=0, flush=True)
             self.study.set_user_attr("final_test", existing)
         self._log_front(force=True)
@@ -487,6 +474,41 @@ class _Search:
         self.tracker.log_model(number, model, example, {
             "model_test_accuracy": float(payload["test_accuracy"]),
             "model_seed": float(derive_seed(self.config.seed, number, seed_index + 1))})
+
+
+def final_entry(refit: bool, payloads: dict[int, dict[str, Any]], reasons: list[str],
+                previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A front member's entry of the study's ``final_test``, from its seeds' task results.
+
+    Args:
+        refit: the protocol the tasks ran under (``search.final_refit``).
+        payloads: the result of each seed's task that finished, by seed index.
+        reasons: why the other seeds' tasks failed.
+        previous: the member's entry made under the other protocol, if any. When every seed failed this
+            time, it is kept (with the new failures beside it), so a failed redo loses no result; the
+            next run tries the redo again.
+    """
+    values, split, failures = [], [], list(reasons)
+    for k in sorted(payloads):
+        payload = payloads[k]
+        if "test_accuracy" in payload:
+            values.append(float(payload["test_accuracy"]))
+        if "test_accuracy_train_split" in payload:
+            split.append(float(payload["test_accuracy_train_split"]))
+        if "refit_error" in payload:  # its split-trained run finished (and counts in `split`); the refit did not
+            failures.append(payload["refit_error"])
+    if not values and previous and "test_accuracy_mean" in previous:
+        return {**previous, "redo_failures": failures}
+    entry: dict[str, Any] = {"seeds": len(values), "refit": refit, "test_accuracy": values}
+    if values:
+        entry["test_accuracy_mean"] = statistics.fmean(values)
+        entry["test_accuracy_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+    if split:  # with refit: the same runs' networks trained on the training split alone
+        entry["test_accuracy_train_split"] = split
+        entry["test_accuracy_train_split_mean"] = statistics.fmean(split)
+    if failures:
+        entry["failures"] = failures
+    return entry
 
 
 def front_json(front: list[FrontPoint], hv: float, final: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -511,13 +533,16 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
     final = final or {}
     lines = ["| trial | architecture | MACs | params | val error | test accuracy |",
              "|---:|:---|---:|---:|---:|:---|"]
-    for p in front:
-        test = final.get(str(p.trial_number), {})
+    tested = [final.get(str(p.trial_number), {}) for p in front]
+    mixed = len({bool(t.get("refit")) for t in tested if "test_accuracy_mean" in t}) > 1
+    for p, test in zip(front, tested):
         acc = (f"{100 * test['test_accuracy_mean']:.2f} ± {100 * test['test_accuracy_std']:.2f}% "
                f"({test['seeds']} seeds)" if "test_accuracy_mean" in test else "—")
+        if mixed and "test_accuracy_mean" in test and not test.get("refit"):
+            acc += " (no refit)"  # kept from a run without the refit: its redo with it failed
         lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | "
                      f"{100 * p.val_error:.2f}% | {acc} |")
-    if any(final.get(str(p.trial_number), {}).get("refit") for p in front):
+    if any(t.get("refit") for t in tested):
         lines.append("\nTest accuracy: each seed's network trained again on the training and validation splits "
                      "with its run's schedule (search.final_refit), then tested once.")
     return "\n".join(lines) + "\n"

@@ -82,16 +82,24 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
         diagnose_as("trained")
         payload["diagnostics"] = diagnostics
     payload["diagnose_time"] = diagnose_s  # seconds of the geometry diagnostics, outside the trainer's wall_time
+    return_state = spec.return_state
     if spec.evaluate_test:
         payload.update(_test(model, data))
         if spec.refit:
             # The run above chose the schedule on the validation split; the network the user gets is trained
             # again on both splits with it, and is the one tested (the split-trained one's test is kept too).
             payload.update({f"{k}_train_split": v for k, v in payload.items() if k.startswith("test_")})
-            model = refit(seeded_model(arch, data, spec.seed), data, spec.train,
-                          [h["lr"] for h in result.history], seed=spec.seed)
-            payload.update(_test(model, data), refit_epochs=len(result.history))
-    if spec.return_state:
+            try:
+                model = refit(seeded_model(arch, data, spec.seed), data, spec.train,
+                              [h["lr"] for h in result.history], seed=spec.seed)
+            except Exception as exc:  # noqa: BLE001 - recorded: the split-trained run's test is not lost with it
+                # No refit test result (the driver must not read the split-trained one as it) and no weights.
+                del payload["test_loss"], payload["test_accuracy"]
+                payload["refit_error"] = f"final refit failed: {_reason(exc)}"
+                return_state = False
+            else:
+                payload.update(_test(model, data), refit_epochs=len(result.history))
+    if return_state:
         payload["state_dict"] = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     yield {"kind": "result", "result": payload}
 

@@ -162,11 +162,15 @@ def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor)
     assert all(r.diagnose_time == 0.0 for r in outcome.records.values())
 
 
-def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores, ray_executor):
+def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores, ray_executor, monkeypatch):
     config = tiny_config(stores, name="again", search={"n_trials": 3, "n_startup_trials": 3, "final_seeds": 1,
                                                        "storage": stores["storage"]})
     first = run_search(config, executor=ray_executor)
+    submitted: list[Any] = []
+    submit = ray_executor.submit
+    monkeypatch.setattr(ray_executor, "submit", lambda key, *a, **kw: (submitted.append(key), submit(key, *a, **kw))[1])
     second = run_search(config, executor=ray_executor)
+    assert submitted == []  # neither a trial nor a final-test task: the same protocol's entries are kept
     study = optuna.load_study(study_name="again", storage=stores["storage"])
     assert len(study.trials) == 3  # the budget is of the study, not of one driver
     assert second.parent_run_id == first.parent_run_id  # the same parent run continues
@@ -178,6 +182,7 @@ def test_rerunning_a_finished_search_resumes_the_study_without_new_trials(stores
         "n_trials": 3, "n_startup_trials": 3, "final_seeds": 1, "final_refit": False, "storage": stores["storage"]}),
         executor=ray_executor)
     assert set(split_only.final_test) == set(first.final_test)
+    assert sorted(k[1] for k in submitted) == sorted(int(n) for n in first.final_test)  # one seed per member
     assert all(e["refit"] is False and "test_accuracy_train_split" not in e for e in split_only.final_test.values())
     assert all(e["refit"] is True for e in first.final_test.values())
 
