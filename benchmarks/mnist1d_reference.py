@@ -84,7 +84,7 @@ def train_reference(seeds: list[int], train_cfg: Any) -> list[dict[str, Any]]:
     from nas.config import DataConfig
     from nas.data import load_dataset
     from search_spaces import layer_costs, total_macs, total_params
-    from workers import fit, refit, seeded_model
+    from workers import fit, metrics_on_test_split, refit, seeded_model
 
     rows = []
     arch = space_reference()
@@ -104,29 +104,22 @@ def train_reference(seeds: list[int], train_cfg: Any) -> list[dict[str, Any]]:
             started = time.perf_counter()
             result, model = fit(model, train_only, train_cfg, seed=seed)
             row = {"build": build, "seed": seed, "macs": macs, "params": params, "val_error": result.val_error,
-                   "test_accuracy": _test_accuracy(model, data), "epochs": result.epochs,
+                   "test_accuracy": metrics_on_test_split(model, data)["test_accuracy"], "epochs": result.epochs,
                    "fixed_point": result.fixed_point_reached, "wall_s": time.perf_counter() - started}
             # The search's final test (search.final_refit, the default): the same network trained again on
             # train + validation with this run's schedule, then tested.
             started = time.perf_counter()
             refitted = refit(fresh, train_only, train_cfg, [h["lr"] for h in result.history], seed=seed)
-            refit_row = {**row, "build": build + ", refit on train + val", "test_accuracy": _test_accuracy(refitted, data),
+            # (no validation error of its own: the validation split is training data for it)
+            refit_row = {**row, "build": build + ", refit on train + val", "val_error": None,
+                         "test_accuracy": metrics_on_test_split(refitted, data)["test_accuracy"],
                          "wall_s": time.perf_counter() - started}
             for r in (row, refit_row):
                 rows.append(r)
+                val = "—" if r["val_error"] is None else f"{r['val_error']:.4f}"
                 print(f"  reference {r['build']} seed {seed}: test acc {r['test_accuracy']:.4f}, val err "
-                      f"{r['val_error']:.4f}, {r['epochs']} epochs, {r['wall_s']:.1f} s", flush=True)
+                      f"{val}, {r['epochs']} epochs, {r['wall_s']:.1f} s", flush=True)
     return rows
-
-
-def _test_accuracy(model: Any, data: Any) -> float:
-    import torch
-
-    from workers import evaluate
-
-    device = next(model.parameters()).device
-    _, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device), torch.as_tensor(data.y_test, device=device))
-    return 1.0 - test_error
 
 
 def published_recipe(seeds: list[int], steps: int = 6000) -> list[dict[str, Any]]:

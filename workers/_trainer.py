@@ -178,6 +178,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return total_loss / len(y), wrong / len(y)
 
 
+def metrics_on_test_split(model: nn.Module, data: TrainData) -> dict[str, float]:
+    """The test loss and accuracy of `model` on `data`'s test split, evaluated once, on the model's device."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    test_loss, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device),
+                                     torch.as_tensor(data.y_test, device=device))
+    return {"test_loss": test_loss, "test_accuracy": 1.0 - test_error}
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

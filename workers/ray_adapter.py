@@ -19,7 +19,7 @@ from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
 from search_spaces import Architecture, layer_costs
 from workers._diagnostics import diagnose
-from workers._trainer import TrainConfig, TrainData, evaluate, fit_steps, refit, seeded_model
+from workers._trainer import TrainConfig, TrainData, fit_steps, metrics_on_test_split, refit, seeded_model
 
 __all__ = ["RayExecutor", "TrialEvent", "TaskSpec", "cluster_cpus"]
 
@@ -84,7 +84,7 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
     payload["diagnose_time"] = diagnose_s  # seconds of the geometry diagnostics, outside the trainer's wall_time
     return_state = spec.return_state
     if spec.evaluate_test:
-        payload.update(_test(model, data))
+        payload.update(metrics_on_test_split(model, data))
         if spec.refit:
             # The run above chose the schedule on the validation split; the network the user gets is trained
             # again on both splits with it, and is the one tested (the split-trained one's test is kept too).
@@ -98,18 +98,10 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
                 payload["refit_error"] = f"final refit failed: {_reason(exc)}"
                 return_state = False
             else:
-                payload.update(_test(model, data), refit_epochs=len(result.history))
+                payload.update(metrics_on_test_split(model, data), refit_epochs=len(result.history))
     if return_state:
         payload["state_dict"] = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     yield {"kind": "result", "result": payload}
-
-
-def _test(model: Any, data: TrainData) -> dict[str, float]:
-    """The test loss and accuracy of `model`, evaluated once."""
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
-    test_loss, test_error = evaluate(model, torch.as_tensor(data.x_test, device=device),
-                                     torch.as_tensor(data.y_test, device=device))
-    return {"test_loss": test_loss, "test_accuracy": 1.0 - test_error}
 
 
 def _reason(exc: BaseException) -> str:
