@@ -11,7 +11,8 @@ in at most half as many trials (2x sample efficiency), on every dataset. "Trials
 at which the seed-mean curve of the default reaches that value (per seed too: the first k at which that
 seed's run reaches it).
 
-Every search gets fresh temporary SQLite stores; one local Ray (parallelism 2) serves the whole process.
+Every search gets fresh temporary SQLite stores; one local Ray (parallelism 2 unless
+``--parallelism``) serves the whole process.
 
 Run: ``python -m benchmarks.search_quality [--datasets digits_cnn,digits_resnet,mnist1d_cnn]
 [--trials 80] [--seeds 0,1,2] [--samplers default,random] [--compare-samplers nsga2,gp] [--set key=value]
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
                    help="extra config overrides for every run (repeatable)")
     p.add_argument("--tag", default="", help="appended to every run's label (e.g. '+pareto' with --set search.mode=pareto)")
     p.add_argument("--baseline", default="random", help="label of the baseline runs (default: %(default)s)")
+    p.add_argument("--parallelism", type=int, default=2,
+                   help="trials in flight (1: each run is reproducible, TPE sees every earlier trial when asked)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     quiet_logs()
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     runs = []
     started = time.perf_counter()
     with ray_session(session) as ray:
-        ex = ray.executor(2)
+        ex = ray.executor(args.parallelism)
         for dataset, sampler, seed in plan:
             overrides = [f"seed={seed}", f"search.n_trials={args.trials}", *args.set]
             if sampler != "default":
