@@ -294,7 +294,9 @@ class _Search:
             return  # nothing would read the intermediate value: spare the storage a write per epoch
         f_epoch = energy(metrics["val_loss"], record.e_comp, self.search.lam, self.search.scale)
         trial.report(f_epoch, epoch)
-        if trial.should_prune():
+        # A trial cheaper than every completed one extends the front's cheap end whatever its F: the median rule,
+        # which compares F, would stop it (a small net learns slowly), so it runs on.
+        if trial.should_prune() and any(macs <= record.e_comp for _, macs, _ in self.curves):
             self._stop_running(trial, f"pruner: F = {f_epoch:.4g} at epoch {epoch}", epoch)
 
     def _stop_running(self, trial: optuna.Trial, reason: str, epoch: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,41 @@ def test_a_resumed_search_whose_run_lookup_is_slow_gives_each_new_trial_one_run(
     _, parents, children = _runs(stores["tracking"], "slowopen")
     numbers = sorted(int(r.data.tags["trial_number"]) for r in children)
     assert len(parents) == 1 and numbers == [0, 1, 2, 3, 4]
+
+
+def test_the_median_pruner_never_stops_a_trial_cheaper_than_every_completed_one(stores, ray_executor):
+    # Four batch-norm ReLU nets learn fast (low F per epoch); then the linear model (depth 0, the cheapest net of
+    # the space) learns slowly, its F above their median, and sigmoid nets without batch norm sit near chance.
+    space = {"name": "cnn", "depth": [0, 2], "channels": [16, 32], "kernel_sizes": [3], "activations": ["relu", "sigmoid"],
+             "batch_norm": [True, False], "downsample": ["none"], "downsample_every": [1], "head": ["flatten"]}
+    config = tiny_config(stores, name="median-cheap", space=space, train={"max_epochs": 8, "patience": 8},
+                         search={"n_trials": 7, "n_startup_trials": 3, "sampler": "random", "pruner": "median",
+                                 "pruner_warmup_epochs": 1, "bound_check": False, "final_seeds": 0,
+                                 "storage": stores["storage"]})
+    study = optuna.create_study(study_name="median-cheap", storage=stores["storage"], direction="minimize")
+    good = {"depth": 2, "channels_0": 16, "channels_1": 16, "kernel_size": 3, "activation": "relu", "batch_norm": True,
+            "downsample": "none", "head": "flatten"}
+    # four first, so that with two trials in flight at least three are complete when the linear model starts
+    for params in [good, {**good, "depth": 1}, {**good, "channels_0": 32, "channels_1": 32},
+                   {**good, "depth": 1, "channels_0": 32}, {"depth": 0}]:
+        study.enqueue_trial(params)
+    for _ in range(2):
+        study.enqueue_trial({**good, "activation": "sigmoid", "batch_norm": False})
+    run_search(config, executor=ray_executor)
+
+    trials = optuna.load_study(study_name="median-cheap", storage=stores["storage"]).trials
+    linear = next(t for t in trials if trial_attrs(t)["arch"]["channels"] == [])
+    # it ran to the end although the median rule alone would have stopped it: its F was above the median of
+    # the ReLU nets' F at the same epoch
+    assert linear.state == TrialState.COMPLETE
+    relu = [t for t in trials[:4] if t.state == TrialState.COMPLETE]
+    assert len(relu) >= 3
+    above = [step for step, f in linear.intermediate_values.items()
+             if all(step in t.intermediate_values for t in relu)
+             and f > statistics.median(t.intermediate_values[step] for t in relu)]
+    assert above, "the linear model's F was above the median: the guard, not its F, kept it"
+    # the rule still works where it should: sigmoid nets near chance cost more than the nets already complete
+    assert any(t.state == TrialState.PRUNED and trial_attrs(t)["reason"].startswith("pruner: ") for t in trials[5:])
 
 
 def test_the_dominance_pruner_stops_a_trial_only_when_a_cheaper_completed_one_stays_ahead_of_it(stores, ray_executor):
