@@ -431,9 +431,9 @@ class _Search:
             return {}
         existing = dict(self.study.user_attrs.get("final_test", {}))
         refit = self.search.final_refit
-        # An entry made under the other protocol (or before there was a choice: no "refit" key) is redone.
-        todo = [p for p in front if existing.get(str(p.trial_number), {}).get("refit", False) != refit
-                or str(p.trial_number) not in existing]
+        # A member without an entry under this protocol is tested: none yet, or one made under the other protocol
+        # (or before there was a choice: no "refit" key).
+        todo = [p for p in front if (e := existing.get(str(p.trial_number))) is None or e.get("refit", False) != refit]
         if todo:
             data_ref = self.executor.put(self.dataset)
             trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
