@@ -63,14 +63,19 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
     r = {"label": label, "dataset": dataset, "overrides": list(overrides), "sampler": config.search.sampler,
          "seed": config.seed, "n_trials": config.search.n_trials, "reference_point": list(config.search.reference_point),
          "pruner": config.search.pruner, "bound_check": config.search.bound_check,
-         "history": [[n, hv] for n, hv in outcome.hypervolume_history], "hypervolume": outcome.hypervolume,
+         # the budget's axis: with count_duplicates false, proposals of structures already tried do not count
+         "history": [[n, hv] for n, hv in outcome.hypervolume_history
+                     if config.search.count_duplicates or outcome.records[n].duplicate_of is None],
+         "history_all": [[n, hv] for n, hv in outcome.hypervolume_history], "hypervolume": outcome.hypervolume,
          "epochs": outcome.epochs_trained, "complete": outcome.count("COMPLETE"), "pruned": outcome.count("PRUNED"),
-         "failed": outcome.count("FAIL"), "loop_s": outcome.loop_time, "wall_s": wall,
+         "failed": outcome.count("FAIL"),
+         "duplicates": sum(1 for rec in outcome.records.values() if rec.state == "COMPLETE" and not rec.dispatched_at),
+         "loop_s": outcome.loop_time, "wall_s": wall,
          "train_s": outcome.train_time, "front": front, "final_test": outcome.final_test,
          "epochs_by_trial": {n: rec.epochs for n, rec in outcome.records.items() if rec.dispatched_at},
          "fail_reasons": failed, "prune_reasons": _reasons(outcome, "PRUNED")[0], "fail_examples": fail_examples}
     print(f"  [{label or dataset}] sampler={r['sampler']} seed={r['seed']}: HV {r['hypervolume']:.4f}, "
-          f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
+          f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed / {r['duplicates']} duplicates, {r['epochs']} epochs, "
           f"loop {r['loop_s']:.0f} s; failed {r['fail_reasons']}, pruned {r['prune_reasons']}", flush=True)
     for kind, example in r["fail_examples"].items():
         if kind not in ("infeasible", "diverged"):

@@ -103,6 +103,9 @@ class SearchConfig:
     lam: float = 0.1
     scale: float = 1.0e6
     bound_check: bool = True
+    # false: a proposal of a structure already tried is told its earlier result and does not count towards
+    # n_trials (it trains nothing); the budget is then n_trials new structures (docs/SEARCH.md, "Duplicates")
+    count_duplicates: bool = True
     reference_point: tuple[float, float] = (1.0e6, 1.0)
     final_seeds: int = 3
     final_refit: bool = True  # the final test trains each member on train + validation (docs/SEARCH.md)

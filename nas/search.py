@@ -61,6 +61,7 @@ class TrialRecord:
     diagnose_time: float = 0.0  # seconds of the geometry diagnostics in the worker (outside train_wall_time)
     dispatched_at: float = 0.0
     finished_at: float = 0.0
+    duplicate_of: int | None = None  # the trial whose result this proposal of the same structure reused
 
 
 @dataclass
@@ -120,6 +121,8 @@ class _Search:
         self.curves: list[tuple[int, float, list[float]]] = []
         self.best_f: float | None = None
         self.hv_history: list[tuple[int, float]] = []
+        self.exhausted = False
+        self.duplicate_streak = 0  # proposals in a row of structures already tried (count_duplicates: false)
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
         self.loop_time = 0.0
@@ -173,13 +176,19 @@ class _Search:
             record = TrialRecord(t.number, state=t.state.name, arch_id=str(a.get(ATTR.ARCH_ID, "")),
                                  summary=str(a.get(ATTR.SUMMARY, "")), e_comp=int(a.get(ATTR.E_COMP, 0)),
                                  params=int(a.get(ATTR.PARAMS, 0)), reason=str(a.get(ATTR.REASON, "")),
-                                 values=tuple(t.values or ()), epochs=int(a.get(ATTR.EPOCHS, 0)))
+                                 values=tuple(t.values or ()), epochs=int(a.get(ATTR.EPOCHS, 0)),
+                                 duplicate_of=a.get(ATTR.DUPLICATE_OF))
             self.records[t.number] = record
             if t.state == TrialState.COMPLETE and ATTR.F in a:
                 self.results_by_arch.setdefault(record.arch_id, (t.number, self._stored_result(a)))
                 self._update_best(float(a[ATTR.F]))
                 self._add_curve(t.number, record.e_comp, a.get(ATTR.HISTORY) or [])
         self.points = front_points(trials)
+        # a rerun of a search that stopped on a run of duplicates (count_duplicates: false) asks no more of them
+        for number in sorted(self.records, reverse=True):
+            if self.records[number].duplicate_of is None:
+                break
+            self.duplicate_streak += 1
 
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +206,9 @@ class _Search:
 
     @property
     def finished(self) -> int:
-        return sum(1 for r in self.records.values() if r.state != "RUNNING")
+        """Finished trials that count towards `n_trials` (with `count_duplicates: false`, duplicates do not)."""
+        counted = self.search.count_duplicates
+        return sum(1 for r in self.records.values() if r.state != "RUNNING" and (counted or r.duplicate_of is None))
 
     @property
     def front(self) -> list[FrontPoint]:
@@ -216,15 +227,30 @@ class _Search:
 
     def _loop(self) -> None:
         data_ref = self.executor.put(self.dataset.without_test())
-        while self.finished < self.search.n_trials or self.live:
+        while self._wants_more(0) or self.live:
             # Read once per round: without a configured parallelism it asks the cluster for its CPUs (an RPC),
             # and nodes may join or leave during a long search.
             capacity = self.executor.parallelism
-            while len(self.live) < capacity and self.finished + len(self.live) < self.search.n_trials:
+            while len(self.live) < capacity and self._wants_more(len(self.live)):
                 self._ask_and_dispatch(data_ref)
             for event in self.executor.poll(timeout=0.5):
                 self._handle(event)
             self.tracker.flush_stale()  # metrics batched for TRACKING_DELAY reach MLflow even when nothing else comes
+
+    def _wants_more(self, in_flight: int) -> bool:
+        """Whether to ask for another trial with `in_flight` trials running."""
+        if self.finished + in_flight >= self.search.n_trials:
+            return False
+        if self.duplicate_streak >= self.search.n_trials:
+            # Only with count_duplicates: false (otherwise the budget ends first): the sampler keeps proposing
+            # structures already tried, so the space (or what the sampler still considers) is exhausted.
+            if not self.exhausted:
+                self.exhausted = True
+                log.warning("the sampler proposed %d structures in a row that were already tried: the search "
+                            "stops with %d of its %d new structures", self.duplicate_streak, self.finished,
+                            self.search.n_trials)
+            return False
+        return True
 
     def _ask_and_dispatch(self, data_ref: Any) -> None:
         trial = self.study.ask()
@@ -243,6 +269,7 @@ class _Search:
             # TPE never learned that a region cannot be built and proposed it again and again (40 of 80 trials
             # of one digits search); a pruned trial with no reports is one of its worst observations.
             trial.set_user_attr(RECORD, stored)
+            self.duplicate_streak = 0
             self._finish_pruned(trial, str(exc))
             return
         record.e_comp, record.params = total_macs(costs), total_params(costs)
@@ -251,11 +278,13 @@ class _Search:
         if arch.arch_id in self.results_by_arch:
             # The sampler proposed a structure already trained to its fixed point: reuse that result.
             source, result = self.results_by_arch[arch.arch_id]
-            stored[ATTR.DUPLICATE_OF] = source
+            stored[ATTR.DUPLICATE_OF] = record.duplicate_of = source
+            self.duplicate_streak += 1
             trial.set_user_attr(RECORD, stored)
             # reused: no training happened
             self._finish_complete(trial, {**result, "wall_time": 0.0}, tags={"duplicate_of": source})
             return
+        self.duplicate_streak = 0
         trial.set_user_attr(RECORD, stored)
         if self.search.mode == "scalar" and self.search.bound_check and bound_excludes(
                 record.e_comp, self.search.lam, self.search.scale, self.best_f):

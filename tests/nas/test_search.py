@@ -319,3 +319,40 @@ def test_the_dominance_pruner_stops_a_trial_only_when_a_cheaper_completed_one_st
     # the cheapest net of the study is never pruned: nothing costs less
     cheapest = min(trials.values(), key=lambda t: trial_attrs(t)["E_comp"])
     assert cheapest.state == TrialState.COMPLETE
+
+
+def test_with_count_duplicates_false_the_budget_is_of_new_structures_and_an_exhausted_space_ends_it(
+        stores, ray_cluster, caplog):
+    # Four structures in all (depth 1; 4 or 8 channels; relu or tanh). With a budget of 10 new ones the search
+    # trains each of the four once, is told the earlier result for every proposal of one already tried (not
+    # counted), and stops after 10 such proposals in a row: the space is exhausted.
+    from workers.ray_adapter import RayExecutor
+
+    space = {**TINY_SPACE, "depth": [1, 1], "head": ["flatten"]}
+    config = tiny_config(stores, name="distinct", space=space, train={"max_epochs": 2},
+                         search={"n_trials": 10, "sampler": "random", "pruner": "none", "bound_check": False,
+                                 "count_duplicates": False, "final_seeds": 0, "storage": stores["storage"]})
+    executor = RayExecutor(parallelism=1, cpus_per_trial=1)  # one in flight: a structure is never trained twice
+    executor.start()
+    try:
+        with caplog.at_level("WARNING", logger="nas.search"):
+            outcome = run_search(config, executor=executor)
+        records = [outcome.records[n] for n in sorted(outcome.records)]
+        new = [r for r in records if r.duplicate_of is None]
+        duplicates = [r for r in records if r.duplicate_of is not None]
+        assert len(new) == len({r.arch_id for r in new}) == 4 and all(r.dispatched_at for r in new)
+        assert all(r.duplicate_of is not None for r in records[-10:])  # the run of duplicates that ended it
+        by_number = {r.number: r for r in new}
+        for r in duplicates:  # told the result of the trial that trained the structure, and never trained
+            source = by_number[r.duplicate_of]
+            assert (r.arch_id, r.values, r.state, r.dispatched_at) == (source.arch_id, source.values, "COMPLETE", 0.0)
+        assert outcome.epochs_trained == sum(r.epochs for r in new)
+        assert "10 structures in a row that were already tried" in caplog.text
+        # a rerun resumes with that run of duplicates and asks for nothing
+        again = run_search(config, executor=executor)
+        assert sorted(again.records) == sorted(outcome.records)
+    finally:
+        executor.shutdown()
+    trials = optuna.load_study(study_name="distinct", storage=stores["storage"]).trials
+    assert len(trials) == len(records)
+    assert [trial_attrs(t).get("duplicate_of") for t in trials] == [r.duplicate_of for r in records]
