@@ -22,10 +22,14 @@ Run: ``python -m benchmarks.search_quality [--datasets digits_cnn,digits_resnet,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import json
+import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from benchmarks._common import ROOT, machine, machine_line, quiet_logs, ray_session, table, temp_folder, write_json
 
@@ -171,6 +175,23 @@ def report(comparison: dict[str, Any], at: Sequence[int], default_label: str = "
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _tpe_options(options: dict[str, Any]) -> Iterator[None]:
+    """TPE with `options` over the service's arguments while the block runs (an experiment; the service's
+    settings are nas.study.make_sampler's)."""
+    import nas.study
+
+    options = dict(options)
+    if (frac := options.pop("gamma_frac", None)) is not None:
+        options["gamma"] = lambda n: min(math.ceil(frac * n), 25)
+    original = nas.study.make_sampler
+    nas.study.make_sampler = functools.partial(original, **options)
+    try:
+        yield
+    finally:
+        nas.study.make_sampler = original
+
+
 # -- main ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -189,6 +210,9 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p.add_argument("--baseline", default="random", help="label of the baseline runs (default: %(default)s)")
     p.add_argument("--parallelism", type=int, default=2,
                    help="trials in flight (1: each run is reproducible, TPE sees every earlier trial when asked)")
+    p.add_argument("--tpe-options", default="", metavar="JSON",
+                   help="extra TPESampler arguments for the tpe runs, e.g. '{\"prior_weight\": 3.0}'; "
+                        "'gamma_frac': g sets gamma(n) = min(ceil(g·n), 25) (Optuna's default: g = 0.1)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     quiet_logs()
@@ -207,7 +231,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     print(f"# search quality: {machine_line(info)}\n# {len(plan)} runs of {args.trials} trials", flush=True)
     runs = []
     started = time.perf_counter()
-    with ray_session(session) as ray:
+    with ray_session(session) as ray, _tpe_options(json.loads(args.tpe_options or "{}")):
         ex = ray.executor(args.parallelism)
         for dataset, sampler, seed in plan:
             overrides = [f"seed={seed}", f"search.n_trials={args.trials}", *args.set]

@@ -68,7 +68,8 @@ def derive_seed(study_seed: int, trial_number: int, replicate: int = 0) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def make_sampler(config: Config) -> optuna.samplers.BaseSampler:
+def make_sampler(config: Config, **tpe_options: Any) -> optuna.samplers.BaseSampler:
+    """The config's sampler; `tpe_options` override TPESampler's arguments (for experiments: benchmarks)."""
     search = config.search
     seed = config.seed
     with warnings.catch_warnings():
@@ -81,8 +82,8 @@ def make_sampler(config: Config) -> optuna.samplers.BaseSampler:
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials,
                                              warn_independent_sampling=False)
         # multivariate + group: the space is conditional (per-layer keys exist only up to the sampled depth).
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.n_startup_trials, multivariate=True,
-                                          group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(**{"seed": seed, "n_startup_trials": search.n_startup_trials,
+                                             "multivariate": True, "group": True, "constant_liar": True, **tpe_options})
 
 
 def make_pruner(config: Config) -> optuna.pruners.BasePruner:
