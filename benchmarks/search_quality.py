@@ -16,7 +16,7 @@ Every search gets fresh temporary SQLite stores; one local Ray (parallelism 2 un
 
 Run: ``python -m benchmarks.search_quality [--datasets digits_cnn,digits_resnet,mnist1d_cnn]
 [--trials 80] [--seeds 0,1,2] [--samplers default,random] [--compare-samplers nsga2,gp] [--set key=value]
-[--out FILE.json]``
+[--out FILE.json]``; ``--from-json A.json B.json`` compares earlier runs together (e.g. seeds run apart).
 """
 
 from __future__ import annotations
@@ -121,6 +121,22 @@ def first_reaching(curve: Sequence[float], target: float) -> int | None:
     return None
 
 
+def paired(runs: Sequence[dict[str, Any]], base: dict[int, dict[str, Any]], at: Sequence[int]) -> dict[str, Any]:
+    """Per seed (both arms share the split and the start-up trials): this arm's HV minus the baseline's at each
+    checkpoint, and at half the last checkpoint against the baseline at the last (the 2x target, per seed);
+    mean, standard error of the mean, and in how many seeds this arm is ahead."""
+    last = max(at)
+    pairs = [(r, base[r["seed"]]) for r in runs if r["seed"] in base]
+    out: dict[str, Any] = {}
+    for name, k, kb in [*((str(k), k, k) for k in at), (f"{last // 2}_vs_{last}", last // 2, last)]:
+        diffs = [hv_at(r["history"], k) - hv_at(b["history"], kb) for r, b in pairs]
+        if diffs:
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+            out[name] = {"mean": statistics.fmean(diffs), "se": se, "ahead": sum(d > 0 for d in diffs),
+                         "tied": sum(d == 0 for d in diffs), "n": len(diffs)}
+    return out
+
+
 def compare(runs: Sequence[dict[str, Any]], at: Sequence[int], baseline: str = "random") -> dict[str, Any]:
     """Per dataset: HV spread at each checkpoint per sampler, and trials the others need to match the
     baseline's mean HV at the last checkpoint."""
@@ -142,8 +158,11 @@ def compare(runs: Sequence[dict[str, Any]], at: Sequence[int], baseline: str = "
         if baseline in by_sampler:
             target = entry["samplers"][baseline]["hv"][str(last)]["mean"]
             entry["baseline_target_hv"] = target
+            base = {r["seed"]: r for r in by_sampler[baseline]}
             for label, rs in by_sampler.items():
                 s = entry["samplers"][label]
+                if label != baseline:
+                    s["paired"] = paired(rs, base, at)
                 s["trials_to_match_mean"] = first_reaching(s["mean_curve"], target)
                 s["trials_to_match_per_seed"] = [first_reaching([hv_at(r["history"], k) for k in range(1, last + 1)],
                                                                 target) for r in rs]
@@ -151,7 +170,8 @@ def compare(runs: Sequence[dict[str, Any]], at: Sequence[int], baseline: str = "
     return out
 
 
-def report(comparison: dict[str, Any], at: Sequence[int], default_label: str = "default") -> str:
+def report(comparison: dict[str, Any], at: Sequence[int], default_label: str = "default",
+           baseline: str = "random") -> str:
     lines = []
     last = max(at)
     for dataset, entry in comparison.items():
@@ -166,6 +186,11 @@ def report(comparison: dict[str, Any], at: Sequence[int], default_label: str = "
                          str(s.get("trials_to_match_per_seed", "-"))])
         lines.append(table(["run", "sampler", "seeds", *[f"HV@{k} mean ± std [min, max]" for k in at],
                             "epochs", "loop s (mean)", f"trials to random's mean HV@{last}", "per seed"], rows))
+        for label, s in entry["samplers"].items():
+            if s.get("paired"):
+                parts = [f"{k.replace('_vs_', ' vs ')}: {v['mean']:+.4f} ± {v['se']:.4f} (ahead in {v['ahead']}, tied in "
+                         f"{v['tied']} of {v['n']})" for k, v in s["paired"].items()]
+                lines.append(f"\n{label} minus {baseline} per seed (mean ± standard error) at " + "; ".join(parts))
         if "baseline_target_hv" in entry and default_label in entry["samplers"]:
             m = entry["samplers"][default_label].get("trials_to_match_mean")
             ok = m is not None and m <= last // 2
@@ -213,11 +238,19 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p.add_argument("--tpe-options", default="", metavar="JSON",
                    help="extra TPESampler arguments for the tpe runs, e.g. '{\"prior_weight\": 3.0}'; "
                         "'gamma_frac': g sets gamma(n) = min(ceil(g·n), 25) (Optuna's default: g = 0.1)")
+    p.add_argument("--from-json", nargs="+", type=Path, metavar="FILE",
+                   help="run nothing: compare the runs of these earlier --out files together (e.g. seeds run apart)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    at = sorted({min(int(k), args.trials) for k in args.at.split(",")})
+    if args.from_json:
+        runs = sorted((r for path in args.from_json for r in json.loads(path.read_text())["runs"]),
+                      key=lambda r: (r["dataset"], r["label"], r["seed"]))
+        comparison = compare(runs, at, baseline=args.baseline)
+        print(report(comparison, at, default_label="default" + args.tag, baseline=args.baseline))
+        return {"comparison": comparison, "runs": runs}
     quiet_logs()
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
-    at = sorted({min(int(k), args.trials) for k in args.at.split(",")})
     datasets = [d for d in args.datasets.split(",") if d]
     plan: list[tuple[str, str, int]] = []
     for i, dataset in enumerate(datasets):
@@ -239,7 +272,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
                 overrides.append(f"search.sampler={sampler}")
             runs.append(run_one(dataset, overrides, ex, label=sampler + args.tag))
     comparison = compare(runs, at, baseline=args.baseline)
-    text = report(comparison, at, default_label="default" + args.tag)
+    text = report(comparison, at, default_label="default" + args.tag, baseline=args.baseline)
     print(text)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     data = {"machine": info, "args": vars(args) | {"out": str(args.out)}, "comparison": comparison,

@@ -247,7 +247,7 @@ class _Search:
             if not self.exhausted:
                 self.exhausted = True
                 log.warning("the sampler proposed %d structures in a row that were already tried: the search "
-                            "stops with %d of its %d new structures", self.duplicate_streak, self.finished,
+                            "stops with %d of its %d new trials", self.duplicate_streak, self.finished,
                             self.search.n_trials)
             return False
         return True
