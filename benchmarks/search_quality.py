@@ -73,7 +73,7 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
          "history_all": [[n, hv] for n, hv in outcome.hypervolume_history], "hypervolume": outcome.hypervolume,
          "epochs": outcome.epochs_trained, "complete": outcome.count("COMPLETE"), "pruned": outcome.count("PRUNED"),
          "failed": outcome.count("FAIL"),
-         "duplicates": sum(1 for rec in outcome.records.values() if rec.state == "COMPLETE" and not rec.dispatched_at),
+         "duplicates": sum(1 for rec in outcome.records.values() if rec.duplicate_of is not None),
          "loop_s": outcome.loop_time, "wall_s": wall,
          "train_s": outcome.train_time, "front": front, "final_test": outcome.final_test,
          "epochs_by_trial": {n: rec.epochs for n, rec in outcome.records.items() if rec.dispatched_at},

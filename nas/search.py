@@ -121,7 +121,6 @@ class _Search:
         self.curves: list[tuple[int, float, list[float]]] = []
         self.best_f: float | None = None
         self.hv_history: list[tuple[int, float]] = []
-        self.exhausted = False
         self.duplicate_streak = 0  # proposals in a row of structures already tried (count_duplicates: false)
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
@@ -238,19 +237,10 @@ class _Search:
             self.tracker.flush_stale()  # metrics batched for TRACKING_DELAY reach MLflow even when nothing else comes
 
     def _wants_more(self, in_flight: int) -> bool:
-        """Whether to ask for another trial with `in_flight` trials running."""
-        if self.finished + in_flight >= self.search.n_trials:
-            return False
-        if self.duplicate_streak >= self.search.n_trials:
-            # Only with count_duplicates: false (otherwise the budget ends first): the sampler keeps proposing
-            # structures already tried, so the space (or what the sampler still considers) is exhausted.
-            if not self.exhausted:
-                self.exhausted = True
-                log.warning("the sampler proposed %d structures in a row that were already tried: the search "
-                            "stops with %d of its %d new trials", self.duplicate_streak, self.finished,
-                            self.search.n_trials)
-            return False
-        return True
+        """Whether to ask for another trial with `in_flight` trials running: the budget is not spent, and (with
+        count_duplicates: false; otherwise the budget ends first) the last n_trials proposals were not all
+        duplicates, which means the space, or what the sampler still considers of it, is exhausted."""
+        return self.finished + in_flight < self.search.n_trials and self.duplicate_streak < self.search.n_trials
 
     def _ask_and_dispatch(self, data_ref: Any) -> None:
         trial = self.study.ask()
@@ -280,6 +270,10 @@ class _Search:
             source, result = self.results_by_arch[arch.arch_id]
             stored[ATTR.DUPLICATE_OF] = record.duplicate_of = source
             self.duplicate_streak += 1
+            if self.duplicate_streak == self.search.n_trials and not self.search.count_duplicates:
+                log.warning("the sampler proposed %d structures in a row that were already tried: the search "
+                            "stops with %d of its %d new trials", self.duplicate_streak, self.finished,
+                            self.search.n_trials)
             trial.set_user_attr(RECORD, stored)
             # reused: no training happened
             self._finish_complete(trial, {**result, "wall_time": 0.0}, tags={"duplicate_of": source})
