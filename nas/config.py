@@ -106,6 +106,9 @@ class SearchConfig:
     # false: a proposal of a structure already tried is told its earlier result and does not count towards
     # n_trials (it trains nothing); the budget is then n_trials new structures (docs/SEARCH.md, "Duplicates")
     count_duplicates: bool = True
+    # each trial trains its architecture this many times (seeds of their own) and is told the mean validation
+    # loss and error; reports and pruning see the mean per epoch (docs/SEARCH.md, "Training seeds per trial")
+    seeds_per_trial: int = 1
     reference_point: tuple[float, float] = (1.0e6, 1.0)
     final_seeds: int = 3
     final_refit: bool = True  # the final test trains each member on train + validation (docs/SEARCH.md)
@@ -126,6 +129,8 @@ class SearchConfig:
         _check(len(self.reference_point) == 2 and all(v > 0 for v in self.reference_point),
                "search.reference_point", f"must be [max_macs, max_val_error], both positive, but got "
                f"{list(self.reference_point)}")
+        _check(self.seeds_per_trial >= 1, "search.seeds_per_trial",
+               f"must be at least 1, but got {self.seeds_per_trial}")
         _check(self.final_seeds >= 0, "search.final_seeds", f"must be >= 0, but got {self.final_seeds}")
         _check(bool(self.storage), "search.storage", "must be a storage URL such as sqlite:///runs/optuna.db")
         scheme = self.storage.split(":", 1)[0]

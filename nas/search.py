@@ -57,6 +57,7 @@ class TrialRecord:
     reason: str = ""
     values: tuple[float, ...] = ()
     epochs: int = 0
+    epochs_trained: int = 0  # summed over the trial's training runs (search.seeds_per_trial); set when it ends
     train_wall_time: float = 0.0
     diagnose_time: float = 0.0  # seconds of the geometry diagnostics in the worker (outside train_wall_time)
     dispatched_at: float = 0.0
@@ -86,8 +87,9 @@ class SearchOutcome:
 
     @property
     def epochs_trained(self) -> int:
-        """Epochs trained in this search's trials (duplicates reuse a result and train none)."""
-        return sum(r.epochs for r in self.records.values() if r.dispatched_at)
+        """Epochs trained in this search's trials, summed over each trial's training runs (duplicates reuse a
+        result and train none)."""
+        return sum(r.epochs_trained for r in self.records.values() if r.dispatched_at)
 
     @property
     def train_time(self) -> float:
@@ -192,7 +194,8 @@ class _Search:
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
         return {"val_loss": attrs[ATTR.E_CNN], "val_error": attrs[ATTR.VAL_ERROR], "epochs": attrs.get(ATTR.EPOCHS, 0),
-                "fixed_point_reached": attrs.get(ATTR.FIXED_POINT, False), "wall_time": 0.0}
+                "fixed_point_reached": attrs.get(ATTR.FIXED_POINT, False), "wall_time": 0.0,
+                "runs": attrs.get(ATTR.RUNS) or []}
 
     def _update_best(self, f: float) -> None:
         if self.best_f is None or f < self.best_f:
@@ -288,8 +291,10 @@ class _Search:
         self.live[trial.number] = trial
         self.reports[trial.number] = []
         record.dispatched_at = time.perf_counter()
+        repeat_seeds = tuple(derive_seed(self.config.seed, trial.number, -j) for j in range(1, self.search.seeds_per_trial))
         self.executor.submit(trial.number, TaskSpec(arch.to_json(), self.config.train, seed,
-                                                    diagnostics=self.search.diagnostics), data_ref)
+                                                    diagnostics=self.search.diagnostics, repeat_seeds=repeat_seeds),
+                             data_ref)
 
     def _handle(self, event: TrialEvent) -> None:
         trial = self.live.get(event.key)
@@ -348,14 +353,21 @@ class _Search:
         e_cnn, val_error = float(result["val_loss"]), float(result["val_error"])
         f = energy(e_cnn, record.e_comp, self.search.lam, self.search.scale)
         record.epochs = int(result.get("epochs", 0))
+        runs = list(result.get("runs") or [])
+        record.epochs_trained = sum(int(r["epochs"]) for r in runs) if runs else record.epochs
         record.train_wall_time = float(result.get("wall_time", 0.0))
         record.diagnose_time = float(result.get("diagnose_time", 0.0)) if record.dispatched_at else 0.0
         extra = {k: float(result[k]) for k in ("loss_residual", "update_residual", "final_lr") if k in result}
+        if runs:  # several training runs: how far apart they were, and what they cost together
+            extra.update(val_error_std=statistics.stdev(float(r["val_error"]) for r in runs),
+                         epochs_trained=float(record.epochs_trained))
         diagnostics = {f"diag.{k}": float(v) for k, v in (result.get("diagnostics") or {}).items()}
         attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
                  ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
                  ATTR.WALL_TIME: record.train_wall_time, ATTR.FINAL_EXTRA: extra,
                  ATTR.HISTORY: self._history(trial.number), ATTR.DIAGNOSTICS: diagnostics}
+        if runs:
+            attrs[ATTR.RUNS] = runs
         trial.set_user_attr(RESULT, attrs)
         values = (f,) if self.search.mode == "scalar" else (float(record.e_comp), val_error)
         self.study.tell(trial, values)
@@ -381,6 +393,8 @@ class _Search:
         trial.set_user_attr(RESULT, {ATTR.REASON: reason, ATTR.EPOCHS: epochs, ATTR.HISTORY: self._history(trial.number)})
         self.study.tell(trial, state=TrialState.PRUNED)
         record.state, record.reason, record.epochs = "PRUNED", reason, epochs
+        # the runs that trained in each reported epoch (one run per trial unless search.seeds_per_trial > 1)
+        record.epochs_trained = int(sum(m.get("seeds_training", 1) for m in self.reports.get(trial.number, [])[:epochs]))
         self.live.pop(trial.number, None)
         self.tracker.end_run(trial.number, "KILLED", {"epochs": epochs, "E_comp": record.e_comp},
                              {TAG_STATE: "PRUNED", TAG_REASON: reason}, step=epochs)

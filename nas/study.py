@@ -42,6 +42,7 @@ class ATTR:
     WALL_TIME = "train_wall_time"
     HISTORY = "history"  # per-epoch metrics, so MLflow can be rebuilt from the storage alone
     FINAL_EXTRA = "final_extra"  # the trainer's final residuals and step size
+    RUNS = "runs"  # search.seeds_per_trial > 1: each training run's seed, val loss and error, epochs
     DIAGNOSTICS = "diagnostics"  # geometry of the curve at initialization and trained (diag.init.*, diag.trained.*)
     REQUEUED = "requeued"  # failed because its driver died; its architecture was enqueued again
 
@@ -63,7 +64,11 @@ def trial_attrs(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def derive_seed(study_seed: int, trial_number: int, replicate: int = 0) -> int:
-    """A trial's seed from the study seed, its number and a replicate index (stable across machines)."""
+    """A trial's seed from the study seed, its number and a replicate index (stable across machines).
+
+    Replicate 0 is the trial's (first) training run, 1.. the final test's seeds, -1.. the further training runs of
+    a trial (`search.seeds_per_trial`).
+    """
     digest = hashlib.sha256(f"{study_seed}:{trial_number}:{replicate}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 

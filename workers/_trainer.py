@@ -47,6 +47,7 @@ __all__ = [
     "train_to_fixed_point",
     "fit",
     "fit_steps",
+    "fit_seeds_steps",
     "refit",
     "seeded_model",
     "evaluate",
@@ -136,6 +137,8 @@ class TrialResult:
     seed: int
     device: str
     history: list[dict[str, float]] = field(default_factory=list)
+    # when the result averages several training runs (`fit_seeds_steps`): each run's own outcome; else empty
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -418,3 +421,75 @@ def fit_steps(
         device=str(device), history=history,
     )
     return result, model
+
+
+def fit_seeds_steps(
+    models: list[nn.Module], data: TrainData, cfg: TrainConfig, seeds: list[int]
+) -> Generator[tuple[int, dict[str, float]], None, tuple[TrialResult, list[nn.Module]]]:
+    """Several training runs of one architecture, one per seed, in lockstep; yields their mean metrics.
+
+    One run's validation error is a noisy measure of an architecture: on a small validation split the training
+    seed alone moves it by more than the difference between neighbouring architectures (docs/SEARCH_QUALITY.md).
+    Each of `models` (the architecture built from the matching seed of `seeds`, see `seeded_model`) trains with
+    `fit_steps` and that seed, one epoch of each in turn; after every epoch this yields ``(epoch, metrics)`` with
+    the mean of the runs' metrics, plus ``seeds_training``, the number of runs that trained in that epoch. A run
+    that has stopped (at its fixed point) holds its last metrics until the others stop too.
+
+    Returns:
+        ``(result, models)``, the models holding their best weights. The result's ``val_loss`` and
+        ``val_error`` are the means of the runs' own (each at its best epoch), ``train_loss`` the mean of their
+        last; ``epochs`` is the longest run's, ``fixed_point_reached`` whether every run reached its fixed point,
+        the residuals the largest (unknown if one is); ``best_epoch``, ``final_lr`` and ``seed`` are the first
+        run's; ``wall_time`` is the whole; ``history`` the yielded means; ``runs`` each run's own outcome.
+
+    Raises:
+        ValueError: when `models` is empty or its length is not that of `seeds`.
+        TrainingDiverged: when a run diverges (its message names the run), which ends them all.
+    """
+    if not models or len(models) != len(seeds):
+        raise ValueError(f"fit_seeds_steps needs one seed per model, but got {len(models)} models and "
+                         f"{len(seeds)} seeds")
+    started = time.perf_counter()
+    k = len(models)
+    runs = [fit_steps(model, data, cfg, seed=seed) for model, seed in zip(models, seeds)]
+    last: list[dict[str, float]] = [{} for _ in runs]
+    ended: list[tuple[TrialResult, nn.Module] | None] = [None] * k
+    history: list[dict[str, float]] = []
+    epoch = 0
+    while True:
+        training = 0
+        for i, run in enumerate(runs):
+            if ended[i] is not None:
+                continue
+            try:
+                _, last[i] = next(run)
+            except StopIteration as done:
+                ended[i] = done.value
+                continue
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"{exc} (training run {i + 1} of {k}, seed {seeds[i]})", exc.epoch) from exc
+            training += 1
+        if not training:
+            break
+        epoch += 1
+        metrics = {key: float(np.mean([m[key] for m in last])) for key in last[0]}
+        metrics["seeds_training"] = float(training)
+        history.append({"epoch": epoch, **metrics})
+        yield epoch, metrics
+    results = [r for r, _ in ended]  # type: ignore[misc]
+
+    def largest(values: list[float]) -> float:
+        return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+    first = results[0]
+    result = TrialResult(
+        val_loss=float(np.mean([r.val_loss for r in results])), val_error=float(np.mean([r.val_error for r in results])),
+        train_loss=float(np.mean([r.train_loss for r in results])), epochs=max(r.epochs for r in results),
+        best_epoch=first.best_epoch, fixed_point_reached=all(r.fixed_point_reached for r in results),
+        loss_residual=largest([r.loss_residual for r in results]),
+        update_residual=largest([r.update_residual for r in results]), final_lr=first.final_lr,
+        wall_time=time.perf_counter() - started, seed=first.seed, device=first.device, history=history,
+        runs=[{"seed": r.seed, "val_loss": r.val_loss, "val_error": r.val_error, "epochs": r.epochs,
+               "best_epoch": r.best_epoch, "fixed_point_reached": r.fixed_point_reached} for r in results],
+    )
+    return result, [model for _, model in ended]  # type: ignore[misc]

@@ -19,7 +19,8 @@ from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
 from search_spaces import Architecture, layer_costs
 from workers._diagnostics import diagnose
-from workers._trainer import TrainConfig, TrainData, fit_steps, metrics_on_test_split, refit, seeded_model
+from workers._trainer import (TrainConfig, TrainData, fit_seeds_steps, fit_steps, metrics_on_test_split, refit,
+                              seeded_model)
 
 __all__ = ["RayExecutor", "TrialEvent", "TaskSpec", "cluster_cpus"]
 
@@ -40,7 +41,12 @@ class TrialEvent:
 @dataclass(frozen=True)
 class TaskSpec:
     """What one task runs: an architecture (as JSON), the training settings and seed, and whether the
-    trained network is then evaluated once on the test split (front members in the final report)."""
+    trained network is then evaluated once on the test split (front members in the final report).
+
+    `repeat_seeds`: further training runs of the same architecture, one per seed, in lockstep with the first
+    (`fit_seeds_steps`); the reports and the result are then the means over all the runs, and the diagnostics,
+    test metrics and weights are the first run's.
+    """
 
     arch_json: str
     train: TrainConfig
@@ -49,6 +55,7 @@ class TaskSpec:
     return_state: bool = False
     diagnostics: bool = True
     refit: bool = False  # with evaluate_test: also train on train + validation with the run's schedule (`refit`)
+    repeat_seeds: tuple[int, ...] = ()
 
 
 def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict[str, Any], None, None]:
@@ -69,12 +76,18 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
 
     if spec.diagnostics:
         diagnose_as("init")  # before any step
-    steps = fit_steps(model, data, spec.train, seed=spec.seed)
+    if spec.repeat_seeds:
+        seeds = [spec.seed, *spec.repeat_seeds]
+        steps: Generator[tuple[int, dict[str, float]], None, Any] = fit_seeds_steps(
+            [model, *(seeded_model(arch, data, seed) for seed in spec.repeat_seeds)], data, spec.train, seeds)
+    else:
+        steps = fit_steps(model, data, spec.train, seed=spec.seed)
     while True:
         try:
             epoch, metrics = next(steps)
         except StopIteration as done:
-            result, model = done.value
+            result, trained = done.value
+            model = trained[0] if spec.repeat_seeds else trained
             break
         yield {"kind": "report", "epoch": epoch, "metrics": metrics}
     payload = result.to_dict()

@@ -356,3 +356,38 @@ def test_with_count_duplicates_false_the_budget_is_of_new_structures_and_an_exha
     trials = optuna.load_study(study_name="distinct", storage=stores["storage"]).trials
     assert len(trials) == len(records)
     assert [trial_attrs(t).get("duplicate_of") for t in trials] == [r.duplicate_of for r in records]
+
+
+def test_with_seeds_per_trial_each_trial_is_told_the_mean_of_its_training_runs(stores, ray_executor):
+    # Two training runs per trial (the trial's seed and one of its own): the study is told the mean validation
+    # loss and error, the storage and MLflow keep each run's numbers, and the epochs of both runs are counted.
+    from nas.study import derive_seed
+
+    config = tiny_config(stores, name="two_seeds", train={"max_epochs": 4},
+                         search={"n_trials": 5, "seeds_per_trial": 2, "final_seeds": 0, "pruner_warmup_epochs": 1,
+                                 "bound_check": False, "storage": stores["storage"]})
+    outcome = run_search(config, executor=ray_executor)
+    trials = {t.number: t for t in optuna.load_study(study_name="two_seeds", storage=stores["storage"]).trials}
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE and t.number in outcome.records
+                and outcome.records[t.number].duplicate_of is None]
+    assert complete
+    client, _, children = _runs(stores["tracking"], "two_seeds")
+    by_trial = {int(r.data.tags[TAG_TRIAL]): r for r in children}
+    for t in complete:
+        a = trial_attrs(t)
+        runs = a["runs"]
+        assert [r["seed"] for r in runs] == [a["seed"], derive_seed(0, t.number, -1)] and runs[0]["seed"] != runs[1]["seed"]
+        assert a["E_CNN"] == pytest.approx(statistics.mean(r["val_loss"] for r in runs))
+        assert a["val_error"] == pytest.approx(statistics.mean(r["val_error"] for r in runs))
+        assert a["epochs"] == max(r["epochs"] for r in runs)
+        # every reported epoch says how many runs trained in it
+        assert all(h["seeds_training"] in (1, 2) for h in a["history"]) and a["history"][0]["seeds_training"] == 2
+        metrics = by_trial[t.number].data.metrics
+        assert metrics["val_error_std"] == pytest.approx(statistics.stdev(r["val_error"] for r in runs))
+        assert metrics["epochs_trained"] == outcome.records[t.number].epochs_trained == sum(r["epochs"] for r in runs)
+    for record in outcome.records.values():
+        if record.state == "PRUNED" and record.epochs:  # stopped by the pruner: both runs trained until then
+            history = trial_attrs(trials[record.number])["history"]
+            assert record.epochs_trained == sum(h["seeds_training"] for h in history) >= record.epochs + 1
+    assert outcome.epochs_trained == sum(r.epochs_trained for r in outcome.records.values() if r.dispatched_at)
+    assert outcome.epochs_trained > sum(r.epochs for r in outcome.records.values() if r.dispatched_at)

@@ -12,7 +12,8 @@ from nas.data import load_dataset
 from search_spaces import Architecture
 import torch
 
-from workers import TrainConfig, TrainingDiverged, chance_loss, evaluate, fit, refit, seeded_model, train_to_fixed_point
+from workers import (TrainConfig, TrainingDiverged, chance_loss, evaluate, fit, fit_seeds_steps, refit, seeded_model,
+                     train_to_fixed_point)
 
 SMALL_CNN = {"space": "cnn", "channels": [16, 32], "kernel_sizes": [3, 3], "activation": "relu", "batch_norm": True,
              "downsample": "stride", "downsample_every": 1, "head": "global_pool"}
@@ -137,6 +138,53 @@ def test_divergence_raises_with_reason_diverged(digits):
     with pytest.raises(TrainingDiverged) as info:
         train_to_fixed_point(arch, digits, TrainConfig(optimizer="sgd", lr=1e6, max_epochs=5), seed=0)
     assert str(info.value).startswith("diverged:")
+
+
+def _drain(steps):
+    reports = []
+    while True:
+        try:
+            reports.append(next(steps))
+        except StopIteration as done:
+            return reports, done.value
+
+
+def test_several_seeds_train_in_lockstep_and_report_the_mean_of_the_runs(digits):
+    # Loose tolerances: the runs of seeds 2 and 3 reach their fixed points at different epochs (20 and 17).
+    arch = Architecture.from_dict(SMALL_CNN)
+    cfg = TrainConfig(max_epochs=30, device="cpu", patience=2, loss_tol=0.05, update_tol=0.05)
+    alone = [fit(seeded_model(arch, digits, seed), digits, cfg, seed=seed) for seed in (2, 3)]
+    (a, model_a), (b, _) = alone
+    assert a.epochs != b.epochs
+    reports, (result, models) = _drain(fit_seeds_steps([seeded_model(arch, digits, s) for s in (2, 3)], digits, cfg,
+                                                       [2, 3]))
+    # each run is the run its seed gives alone; the report of an epoch is the mean of the runs as they stand then,
+    # a run that stopped holding its last metrics
+    assert [e for e, _ in reports] == list(range(1, max(a.epochs, b.epochs) + 1))
+    for epoch, metrics in reports:
+        stand = [r.history[min(epoch, r.epochs) - 1] for r in (a, b)]
+        for key in ("train_loss", "val_loss", "val_error", "lr", "update_residual"):
+            assert metrics[key] == pytest.approx((stand[0][key] + stand[1][key]) / 2, rel=1e-12)
+        assert metrics["seeds_training"] == sum(epoch <= r.epochs for r in (a, b))
+    assert result.val_loss == pytest.approx((a.val_loss + b.val_loss) / 2, rel=1e-12)
+    assert result.val_error == pytest.approx((a.val_error + b.val_error) / 2, rel=1e-12)
+    assert result.epochs == max(a.epochs, b.epochs) and result.fixed_point_reached
+    assert result.seed == 2 and result.history == [{"epoch": e, **m} for e, m in reports]
+    assert result.runs == [{"seed": r.seed, "val_loss": r.val_loss, "val_error": r.val_error, "epochs": r.epochs,
+                            "best_epoch": r.best_epoch, "fixed_point_reached": r.fixed_point_reached} for r in (a, b)]
+    # the models come back with their best weights: the first is the one its seed trains alone
+    assert all(torch.equal(x, y) for x, y in zip(_state(models[0]).values(), _state(model_a).values()))
+    # one run alone keeps no per-run list
+    assert a.runs == []
+    with pytest.raises(ValueError, match="one seed per model"):
+        next(fit_seeds_steps([seeded_model(arch, digits, 2)], digits, cfg, [2, 3]))
+
+
+def test_a_diverging_run_among_several_names_itself(digits):
+    arch = Architecture.from_dict({**SMALL_CNN, "activation": "identity", "batch_norm": False})
+    cfg = TrainConfig(optimizer="sgd", lr=1e6, max_epochs=5, device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"^diverged: .* \(training run 1 of 2, seed 0\)$"):
+        _drain(fit_seeds_steps([seeded_model(arch, digits, s) for s in (0, 1)], digits, cfg, [0, 1]))
 
 
 def test_trainer_imports_neither_ray_nor_mlflow():
