@@ -217,6 +217,25 @@ def _tpe_options(options: dict[str, Any]) -> Iterator[None]:
         nas.study.make_sampler = original
 
 
+def _parse_tpe_options(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
+    """`--tpe-options` as a dict of TPESampler arguments (plus gamma_frac); a bad one exits with a one-line error."""
+    import inspect
+
+    import optuna
+
+    try:
+        options = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        parser.error(f"--tpe-options is not valid JSON ({exc}): {text!r}")
+    if not isinstance(options, dict):
+        parser.error(f"--tpe-options must be a JSON object of TPESampler arguments, but got {text!r}")
+    known = set(inspect.signature(optuna.samplers.TPESampler).parameters) | {"gamma_frac"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        parser.error(f"--tpe-options: unknown TPESampler argument(s) {unknown}; known: {sorted(known)}")
+    return options
+
+
 # -- main ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -242,6 +261,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
                    help="run nothing: compare the runs of these earlier --out files together (e.g. seeds run apart)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    tpe_options = _parse_tpe_options(p, args.tpe_options)
     at = sorted({min(int(k), args.trials) for k in args.at.split(",")})
     if args.from_json:
         runs = sorted((r for path in args.from_json for r in json.loads(path.read_text())["runs"]),
@@ -264,7 +284,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     print(f"# search quality: {machine_line(info)}\n# {len(plan)} runs of {args.trials} trials", flush=True)
     runs = []
     started = time.perf_counter()
-    with ray_session(session) as ray, _tpe_options(json.loads(args.tpe_options or "{}")):
+    with ray_session(session) as ray, _tpe_options(tpe_options):
         ex = ray.executor(args.parallelism)
         for dataset, sampler, seed in plan:
             overrides = [f"seed={seed}", f"search.n_trials={args.trials}", *args.set]

@@ -477,20 +477,24 @@ class _Search:
             for point in todo:
                 arch_json = Architecture.from_dict(trial_attrs(trials[point.trial_number])[ATTR.ARCH]).to_json()
                 for k in range(seeds):
-                    # The first retraining also brings its weights back: it is the member's logged model.
+                    # Every retraining brings its weights back: the member's logged model is the first seed's that
+                    # has weights (a seed whose task or refit failed has none), see `model_seed_index`.
                     spec = TaskSpec(arch_json, self.config.train, derive_seed(self.config.seed, point.trial_number, k + 1),
-                                    evaluate_test=True, return_state=(k == 0), diagnostics=False, refit=refit)
+                                    evaluate_test=True, return_state=True, diagnostics=False, refit=refit)
                     self.executor.submit(("final", point.trial_number, k), spec, data_ref)
             payloads: dict[int, dict[int, dict[str, Any]]] = {p.trial_number: {} for p in todo}
             reasons: dict[int, list[str]] = {p.trial_number: [] for p in todo}
             for event in self.executor.wait_all():
                 _, number, k = event.key
                 if event.kind == "result" and event.payload:
-                    if "state_dict" in event.payload:
-                        self._log_model(number, trials[number], event.payload, seed_index=k)
-                    payloads[number][k] = {key: v for key, v in event.payload.items() if key != "state_dict"}
+                    payloads[number][k] = event.payload
                 elif event.kind in ("error", "cancelled"):
                     reasons[number].append(event.reason)
+            for number, by_seed in payloads.items():
+                k = model_seed_index(by_seed)
+                if k is not None:
+                    self._log_model(number, trials[number], by_seed[k], seed_index=k)
+                payloads[number] = {i: {key: v for key, v in p.items() if key != "state_dict"} for i, p in by_seed.items()}
             for number in payloads:
                 entry = final_entry(refit, payloads[number], reasons[number], existing.get(str(number)))
                 existing[str(number)] = entry
@@ -516,6 +520,12 @@ class _Search:
         self.tracker.log_model(number, model, example, {
             "model_test_accuracy": float(payload["test_accuracy"]),
             "model_seed": float(derive_seed(self.config.seed, number, seed_index + 1))})
+
+
+def model_seed_index(payloads: dict[int, dict[str, Any]]) -> int | None:
+    """Which seed's network is a front member's logged model: the first, by seed index, whose final task
+    brought weights back (a task whose refit failed brings none); None when no seed's did."""
+    return min((k for k, payload in payloads.items() if "state_dict" in payload), default=None)
 
 
 def final_entry(refit: bool, payloads: dict[int, dict[str, Any]], reasons: list[str],

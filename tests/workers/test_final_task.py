@@ -12,7 +12,7 @@ import pytest
 
 from nas.config import DataConfig
 from nas.data import load_dataset
-from nas.search import final_entry, front_table
+from nas.search import final_entry, front_table, model_seed_index
 from nas.energy import FrontPoint
 from workers import TrainConfig, TrainingDiverged
 from workers import ray_adapter
@@ -61,6 +61,19 @@ def test_a_failed_refit_keeps_the_split_trained_test_and_names_the_refit(digits,
     assert entry["test_accuracy_mean"] == 0.9 and entry["test_accuracy_std"] == 0.0
     assert entry["test_accuracy_train_split"] == [0.88, payload["test_accuracy_train_split"]]
     assert entry["failures"] == ["worker died: the process running the trial exited", payload["refit_error"]]
+
+
+def test_the_logged_model_is_the_first_seed_that_brought_weights_back(digits, monkeypatch):
+    # Each seed's final task returns its weights; when the first seed's refit fails (no weights), the member's
+    # model is the next seed's, not none.
+    spec = TaskSpec(ARCH, TRAIN, 5, evaluate_test=True, return_state=True, diagnostics=False, refit=True)
+    good = _result(spec, digits)
+    monkeypatch.setattr(ray_adapter, "refit", lambda *a, **k: (_ for _ in ()).throw(TrainingDiverged("diverged: x")))
+    failed = _result(spec, digits)
+    assert "state_dict" in good and "state_dict" not in failed
+    assert model_seed_index({0: failed, 1: good, 2: good}) == 1
+    assert model_seed_index({2: good, 0: good}) == 0
+    assert model_seed_index({0: failed}) is None and model_seed_index({}) is None
 
 
 def test_a_redo_that_fails_on_every_seed_keeps_the_entry_it_would_replace():
