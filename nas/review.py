@@ -148,8 +148,9 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
     import torch
 
     from nas.data import load_dataset
+    from nas.study import derive_seed
     from search_spaces import Architecture
-    from workers import train_to_fixed_point
+    from workers import fit_seeds_steps, fit_steps, seeded_model
 
     client = client_for(uri)
     try:
@@ -195,12 +196,27 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
                               f"reproduce")
         train = dataclasses.replace(train, max_epochs=epochs)
         notes.append(f"trial was {state}: compared over its {epochs} trained epochs")
+    # search.seeds_per_trial > 1: the trial was the mean of that many training runs, from these seeds
+    seeds = [seed, *(derive_seed(config.seed, int(run.data.tags[TAG_TRIAL]), -j)
+                     for j in range(1, config.search.seeds_per_trial))]
+    if len(seeds) > 1:
+        notes.append(f"the trial is the mean of {len(seeds)} training runs (search.seeds_per_trial): all retrained")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     curve: dict[str, dict[int, float]] = {"val_loss": {}, "val_error": {}}
+    data = dataset.without_test()
     try:
-        result = train_to_fixed_point(arch, dataset.without_test(), train, lambda epoch, m: [
-            curve[name].__setitem__(epoch, m[name]) for name in curve], seed=seed)
+        models = [seeded_model(arch, data, s) for s in seeds]
+        steps = fit_seeds_steps(models, data, train, seeds) if len(seeds) > 1 else fit_steps(models[0], data, train,
+                                                                                             seed=seed)
+        while True:
+            try:
+                epoch, metrics = next(steps)
+            except StopIteration as done:
+                result = done.value[0]
+                break
+            for name in curve:
+                curve[name][epoch] = metrics[name]
     finally:
         torch.set_num_threads(previous)
     comparisons = []

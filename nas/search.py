@@ -358,9 +358,10 @@ class _Search:
         record.train_wall_time = float(result.get("wall_time", 0.0))
         record.diagnose_time = float(result.get("diagnose_time", 0.0)) if record.dispatched_at else 0.0
         extra = {k: float(result[k]) for k in ("loss_residual", "update_residual", "final_lr") if k in result}
-        if runs:  # several training runs: how far apart they were, and what they cost together
-            extra.update(val_error_std=statistics.stdev(float(r["val_error"]) for r in runs),
-                         epochs_trained=float(record.epochs_trained))
+        if runs:  # several training runs: how far apart they were (sample std), and what they cost together
+            extra["val_error_std"] = statistics.stdev(float(r["val_error"]) for r in runs)
+            if record.dispatched_at:  # trained here, not a reused result
+                extra["epochs_trained"] = float(record.epochs_trained)
         diagnostics = {f"diag.{k}": float(v) for k, v in (result.get("diagnostics") or {}).items()}
         attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
                  ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
@@ -390,14 +391,19 @@ class _Search:
 
     def _finish_pruned(self, trial: optuna.Trial, reason: str, epochs: int = 0) -> None:
         record = self.records[trial.number]
-        trial.set_user_attr(RESULT, {ATTR.REASON: reason, ATTR.EPOCHS: epochs, ATTR.HISTORY: self._history(trial.number)})
+        attrs = {ATTR.REASON: reason, ATTR.EPOCHS: epochs, ATTR.HISTORY: self._history(trial.number)}
+        metrics = {"epochs": epochs, "E_comp": record.e_comp}
+        # the runs that trained in each reported epoch (one run per trial unless search.seeds_per_trial > 1)
+        record.epochs_trained = epochs
+        if self.search.seeds_per_trial > 1:
+            record.epochs_trained = int(sum(m.get("seeds_training", 1) for m in self.reports.get(trial.number, [])[:epochs]))
+            attrs[ATTR.FINAL_EXTRA] = {"epochs_trained": float(record.epochs_trained)}
+            metrics["epochs_trained"] = record.epochs_trained
+        trial.set_user_attr(RESULT, attrs)
         self.study.tell(trial, state=TrialState.PRUNED)
         record.state, record.reason, record.epochs = "PRUNED", reason, epochs
-        # the runs that trained in each reported epoch (one run per trial unless search.seeds_per_trial > 1)
-        record.epochs_trained = int(sum(m.get("seeds_training", 1) for m in self.reports.get(trial.number, [])[:epochs]))
         self.live.pop(trial.number, None)
-        self.tracker.end_run(trial.number, "KILLED", {"epochs": epochs, "E_comp": record.e_comp},
-                             {TAG_STATE: "PRUNED", TAG_REASON: reason}, step=epochs)
+        self.tracker.end_run(trial.number, "KILLED", metrics, {TAG_STATE: "PRUNED", TAG_REASON: reason}, step=epochs)
         self._after_trial(trial.number)
 
     def _finish_failed(self, trial: optuna.Trial, reason: str) -> None:

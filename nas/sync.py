@@ -30,7 +30,8 @@ __all__ = ["sync_study", "find_runs", "run_status", "SyncReport", "open_search_r
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED",
           TrialState.RUNNING: "RUNNING", TrialState.WAITING: "SCHEDULED"}
-EPOCH_METRICS = ("train_loss", "val_loss", "val_error", "lr", "loss_residual", "update_residual")
+EPOCH_METRICS = ("train_loss", "val_loss", "val_error", "lr", "loss_residual", "update_residual",
+                 "seeds_training")  # the last only with search.seeds_per_trial > 1
 
 
 def run_status(trial: FrozenTrial) -> str:

@@ -44,8 +44,8 @@ class TaskSpec:
     trained network is then evaluated once on the test split (front members in the final report).
 
     `repeat_seeds`: further training runs of the same architecture, one per seed, in lockstep with the first
-    (`fit_seeds_steps`); the reports and the result are then the means over all the runs, and the diagnostics,
-    test metrics and weights are the first run's.
+    (`fit_seeds_steps`); the reports and the result are then the means over all the runs, and the diagnostics
+    are the first run's. Only for search trials: not with `evaluate_test` or `return_state`.
     """
 
     arch_json: str
@@ -56,6 +56,12 @@ class TaskSpec:
     diagnostics: bool = True
     refit: bool = False  # with evaluate_test: also train on train + validation with the run's schedule (`refit`)
     repeat_seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.repeat_seeds and (self.evaluate_test or self.return_state):
+            # the test, the refit's schedule and the weights would be one run's beside a mean: not supported
+            raise ValueError("TaskSpec: repeat_seeds (a trial's several training runs) cannot be combined with "
+                             "evaluate_test or return_state (the final test trains one run per seed)")
 
 
 def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict[str, Any], None, None]:

@@ -62,6 +62,9 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
         # F is the scalar objective, E_CNN + λ·E_comp/scale
         assert t.value == pytest.approx(a["E_CNN"] + 0.1 * a["E_comp"] / 1e6)
         assert a["arch_id"] and a["E_comp"] >= 0 and 0 <= a["val_error"] <= 1
+        # one training run per trial (search.seeds_per_trial: 1): no per-run list, no run count per epoch
+        assert "runs" not in a and all("seeds_training" not in h for h in a["history"])
+        assert "val_error_std" not in a["final_extra"] and "epochs_trained" not in a["final_extra"]
 
     # The front: non-dominated completed trials, with test results for every member.
     assert outcome.front and set(str(p.trial_number) for p in outcome.front) == set(outcome.final_test)
@@ -384,10 +387,25 @@ def test_with_seeds_per_trial_each_trial_is_told_the_mean_of_its_training_runs(s
         assert all(h["seeds_training"] in (1, 2) for h in a["history"]) and a["history"][0]["seeds_training"] == 2
         metrics = by_trial[t.number].data.metrics
         assert metrics["val_error_std"] == pytest.approx(statistics.stdev(r["val_error"] for r in runs))
-        assert metrics["epochs_trained"] == outcome.records[t.number].epochs_trained == sum(r["epochs"] for r in runs)
+        # the epochs the worker says each run trained are those the reports counted
+        assert metrics["epochs_trained"] == outcome.records[t.number].epochs_trained == sum(
+            r["epochs"] for r in runs) == sum(h["seeds_training"] for h in a["history"])
+        assert [m.value for m in client.get_metric_history(by_trial[t.number].info.run_id, "epoch/seeds_training")] == [
+            h["seeds_training"] for h in a["history"]]
     for record in outcome.records.values():
-        if record.state == "PRUNED" and record.epochs:  # stopped by the pruner: both runs trained until then
-            history = trial_attrs(trials[record.number])["history"]
-            assert record.epochs_trained == sum(h["seeds_training"] for h in history) >= record.epochs + 1
+        if record.state == "PRUNED":  # both runs trained until the pruner stopped them (or one to its fixed point)
+            a = trial_attrs(trials[record.number])
+            assert record.epochs_trained == a["final_extra"]["epochs_trained"] == sum(
+                h["seeds_training"] for h in a["history"])
+            assert record.epochs < record.epochs_trained <= 2 * record.epochs or record.epochs_trained == 0
+            assert by_trial[record.number].data.metrics["epochs_trained"] == record.epochs_trained
     assert outcome.epochs_trained == sum(r.epochs_trained for r in outcome.records.values() if r.dispatched_at)
     assert outcome.epochs_trained > sum(r.epochs for r in outcome.records.values() if r.dispatched_at)
+
+    # `nas reproduce` retrains both runs from the record and gets the same means, epoch by epoch
+    from nas.review import reproduce_trial
+
+    reproduction = reproduce_trial(stores["tracking"], by_trial[complete[0].number].info.run_id)
+    assert reproduction.comparisons and all(c.equal for c in reproduction.comparisons), [
+        c for c in reproduction.comparisons if not c.equal]
+    assert any("mean of 2 training runs" in note for note in reproduction.notes)

@@ -103,3 +103,12 @@ def test_the_front_table_marks_entries_kept_without_the_refit():
     # all under one protocol: no marks
     same = {k: {**v, "refit": True} for k, v in final.items()}
     assert "(no refit)" not in front_table(front, same)
+
+
+def test_a_final_task_trains_one_run_per_seed():
+    # several training runs in one task are for search trials: the final test's weights and test are one run's
+    with pytest.raises(ValueError, match="repeat_seeds"):
+        TaskSpec(ARCH, TRAIN, 5, evaluate_test=True, repeat_seeds=(6,))
+    with pytest.raises(ValueError, match="repeat_seeds"):
+        TaskSpec(ARCH, TRAIN, 5, return_state=True, repeat_seeds=(6,))
+    assert TaskSpec(ARCH, TRAIN, 5, repeat_seeds=(6,)).repeat_seeds == (6,)
