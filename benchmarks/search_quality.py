@@ -229,10 +229,16 @@ def _parse_tpe_options(parser: argparse.ArgumentParser, text: str) -> dict[str, 
         parser.error(f"--tpe-options is not valid JSON ({exc}): {text!r}")
     if not isinstance(options, dict):
         parser.error(f"--tpe-options must be a JSON object of TPESampler arguments, but got {text!r}")
-    known = set(inspect.signature(optuna.samplers.TPESampler).parameters) | {"gamma_frac"}
+    # gamma and weights are functions in TPESampler, which JSON cannot give: gamma_frac stands for gamma
+    known = set(inspect.signature(optuna.samplers.TPESampler).parameters) - {"gamma", "weights", "constraints_func",
+                                                                             "seed"}  # the seed is --seeds
+    known |= {"gamma_frac"}
     unknown = sorted(set(options) - known)
     if unknown:
-        parser.error(f"--tpe-options: unknown TPESampler argument(s) {unknown}; known: {sorted(known)}")
+        parser.error(f"--tpe-options: unknown or unsupported TPESampler argument(s) {unknown}; known: {sorted(known)}")
+    frac = options.get("gamma_frac", 0.1)
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+        parser.error(f"--tpe-options: gamma_frac must be a number in (0, 1], but got {frac!r}")
     return options
 
 
