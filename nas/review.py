@@ -150,7 +150,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
     from nas.data import load_dataset
     from nas.study import derive_seed
     from search_spaces import Architecture
-    from workers import fit_seeds_steps, fit_steps, seeded_model
+    from workers import drain_steps, fit_seeds_steps, fit_steps, seeded_model
 
     client = client_for(uri)
     try:
@@ -209,14 +209,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
         models = [seeded_model(arch, data, s) for s in seeds]
         steps = fit_seeds_steps(models, data, train, seeds) if len(seeds) > 1 else fit_steps(models[0], data, train,
                                                                                              seed=seed)
-        while True:
-            try:
-                epoch, metrics = next(steps)
-            except StopIteration as done:
-                result = done.value[0]
-                break
-            for name in curve:
-                curve[name][epoch] = metrics[name]
+        result, _ = drain_steps(steps, lambda epoch, m: [curve[name].__setitem__(epoch, m[name]) for name in curve])
     finally:
         torch.set_num_threads(previous)
     comparisons = []

@@ -46,6 +46,7 @@ __all__ = [
     "chance_loss",
     "train_to_fixed_point",
     "fit",
+    "drain_steps",
     "fit_steps",
     "fit_seeds_steps",
     "refit",
@@ -273,7 +274,12 @@ def fit(
     Raises:
         TrainingDiverged: when a training or validation loss becomes NaN or infinite.
     """
-    steps = fit_steps(model, data, cfg, seed=seed)
+    return drain_steps(fit_steps(model, data, cfg, seed=seed), report)
+
+
+def drain_steps(steps: Generator[tuple[int, dict[str, float]], None, Any], report: Report | None = None) -> Any:
+    """Run a `fit_steps` / `fit_seeds_steps` generator to its end, calling ``report(epoch, metrics)`` for each
+    epoch; returns what the generator returns."""
     while True:
         try:
             epoch, metrics = next(steps)

@@ -12,8 +12,8 @@ from nas.data import load_dataset
 from search_spaces import Architecture
 import torch
 
-from workers import (TrainConfig, TrainingDiverged, chance_loss, evaluate, fit, fit_seeds_steps, refit, seeded_model,
-                     train_to_fixed_point)
+from workers import (TrainConfig, TrainingDiverged, chance_loss, drain_steps, evaluate, fit, fit_seeds_steps, refit,
+                     seeded_model, train_to_fixed_point)
 
 SMALL_CNN = {"space": "cnn", "channels": [16, 32], "kernel_sizes": [3, 3], "activation": "relu", "batch_norm": True,
              "downsample": "stride", "downsample_every": 1, "head": "global_pool"}
@@ -142,11 +142,7 @@ def test_divergence_raises_with_reason_diverged(digits):
 
 def _drain(steps):
     reports = []
-    while True:
-        try:
-            reports.append(next(steps))
-        except StopIteration as done:
-            return reports, done.value
+    return reports, drain_steps(steps, lambda epoch, m: reports.append((epoch, m)))
 
 
 def test_several_seeds_train_in_lockstep_and_report_the_mean_of_the_runs(digits):
