@@ -217,8 +217,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C to stop)", file=sys.stderr)
     sys.stderr.flush()
+    from nas.tracking import server_environment
+
     # Become the server (no child left behind when this process is stopped).
-    os.execv(command[0], command)
+    os.execve(command[0], command, server_environment())
     return 0  # not reached
 
 

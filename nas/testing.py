@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from nas.tracking import server_environment
+
 __all__ = ["free_port", "MlflowServer"]
 
 
@@ -43,7 +45,7 @@ class MlflowServer:
         self.process = subprocess.Popen(
             [mlflow, "server", "--backend-store-uri", self.backend, *artifacts,
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            env=server_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

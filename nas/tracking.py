@@ -30,7 +30,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 
-__all__ = ["Tracker", "experiment_id", "client_for", "log_bytes", "log_in_batches", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
+__all__ = ["Tracker", "experiment_id", "client_for", "log_bytes", "log_in_batches", "server_environment", "PARENT", "TAG_STUDY", "TAG_TRIAL", "TAG_ARCH", "TAG_STATE",
            "TAG_REASON", "TAG_KIND"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,20 @@ TAG_REASON = "reason"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value is 6000 characters
 BATCH = 1000  # MLflow accepts up to 1000 metrics per log_batch
 WRITERS = 4  # writer threads by default (tracking.writers); this module does not import nas.config, which imports torch
+
+
+def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for an `mlflow server` / `mlflow ui` process this package starts.
+
+    MLflow 3's server also starts a job runner by default (seven more Python processes, for GenAI jobs such
+    as trace rollups and scorers) that a review of architecture searches never uses; on a database backend it
+    made the server take 30-50 s instead of 8-10 s to answer its first request on two cores, and slowed the
+    requests that followed. It is turned off unless `base` (default: this process's environment) sets
+    ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` itself.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
 
 
 def client_for(uri: str) -> MlflowClient:
