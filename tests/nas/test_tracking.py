@@ -7,7 +7,7 @@ import time
 
 from mlflow import MlflowClient
 
-from nas.tracking import Tracker
+from nas.tracking import Tracker, server_environment
 
 
 def _tracker(tmp_path) -> Tracker:
@@ -178,3 +178,8 @@ def test_local_artifacts_are_written_whole_in_place_and_stay_inside_the_run(tmp_
         with pytest.raises(ValueError, match="inside the run's artifacts"):
             _write_atomically(root, bad, b"x")
     assert not (tmp_path / "run" / "outside.json").exists()
+
+
+def test_servers_start_without_mlflows_job_runner_unless_the_environment_asks_for_it():
+    assert server_environment({"PATH": "/bin"}) == {"PATH": "/bin", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    assert server_environment({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
