@@ -209,7 +209,12 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
         models = [seeded_model(arch, data, s) for s in seeds]
         steps = fit_seeds_steps(models, data, train, seeds) if len(seeds) > 1 else fit_steps(models[0], data, train,
                                                                                              seed=seed)
-        result, _ = drain_steps(steps, lambda epoch, m: [curve[name].__setitem__(epoch, m[name]) for name in curve])
+
+        def record(epoch: int, metrics: dict[str, float]) -> None:
+            for name in curve:
+                curve[name][epoch] = metrics[name]
+
+        result, _ = drain_steps(steps, record)
     finally:
         torch.set_num_threads(previous)
     comparisons = []

@@ -14,8 +14,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from nas.tracking import server_environment
-
 __all__ = ["free_port", "MlflowServer"]
 
 
@@ -39,6 +37,8 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "MlflowServer":
+        from nas.tracking import server_environment  # imports mlflow: only when a server is started
+
         mlflow = str(Path(sys.executable).with_name("mlflow"))
         artifacts = (["--artifacts-destination", str(self.artifacts)] if self.serve_artifacts else
                      ["--no-serve-artifacts", "--default-artifact-root", self.artifacts.resolve().as_uri()])

@@ -50,6 +50,12 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+def descendant_commands(ancestor: int) -> list[str]:
+    """The command lines of the running processes that descend from `ancestor`."""
+    return [_cmdline(int(entry.name)) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and descends_from(int(entry.name), ancestor)]
+
+
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.2) -> object:
     """Poll `condition` until it returns something truthy (returned), or fail the test after `timeout` s."""
     deadline = time.monotonic() + timeout

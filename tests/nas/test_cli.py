@@ -104,10 +104,9 @@ def test_ui_serves_the_search_on_localhost(searched):
         if local_addresses:  # (ss may be missing on some machines)
             assert local_addresses == {"127.0.0.1"}
         # without MLflow 3's job runner (nas.tracking.server_environment): its web worker only
-        from tests.faults.conftest import _cmdline, descends_from
+        from tests.faults.conftest import descendant_commands
 
-        commands = [_cmdline(int(entry.name)) for entry in Path("/proc").iterdir()
-                    if entry.name.isdigit() and descends_from(int(entry.name), server.pid)]
+        commands = descendant_commands(server.pid)
         assert any("uvicorn" in c for c in commands) and not any("mlflow.server.jobs" in c for c in commands)
     finally:
         server.terminate()
