@@ -21,11 +21,16 @@ def test_every_shipped_config_validates(path: Path):
     assert config.name == path.stem
 
 
-def test_base_config_values_are_overridden_by_the_child():
+def test_base_config_values_are_overridden_by_the_child(tmp_path):
     config = load_config(ROOT / "configs" / "mnist1d_cnn.yaml")
     assert config.data.dataset == "mnist1d"  # the child's value
-    assert config.train.lr == 0.003  # inherited from the base
+    assert config.train.lr == 0.01  # the child's value over the base's 0.003
     assert config.train.max_epochs == 80  # the child's value over the base's 60
+    # a value the child does not set comes from the base, not from the defaults
+    (tmp_path / "base.yaml").write_text("name: base\ntrain:\n  patience: 7\n  lr: 0.02\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: child\ntrain:\n  lr: 0.05\n")
+    child = load_config(tmp_path / "child.yaml")
+    assert (child.train.patience, child.train.lr) == (7, 0.05)
 
 
 @pytest.mark.parametrize(
