@@ -78,13 +78,31 @@ def space_reference():
                            downsample="stride", downsample_every=1, head="flatten")
 
 
+def fit_and_refit(model: Any, train_only: Any, train_cfg: Any, seed: int) -> tuple[Any, Any, Any, float, float]:
+    """A network as a search's final test trains it: `workers.fit` to the fixed point on the training split, then
+    `workers.refit` of the same initial weights on train + validation with that run's schedule.
+
+    Returns:
+        ``(result, fitted, refitted, fit_s, refit_s)``.
+    """
+    from workers import fit, refit
+
+    fresh = copy.deepcopy(model)  # the same initial weights, for the refit
+    started = time.perf_counter()
+    result, fitted = fit(model, train_only, train_cfg, seed=seed)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    refitted = refit(fresh, train_only, train_cfg, [h["lr"] for h in result.history], seed=seed)
+    return result, fitted, refitted, fit_s, time.perf_counter() - started
+
+
 def train_reference(seeds: list[int], train_cfg: Any) -> list[dict[str, Any]]:
     import torch
 
     from nas.config import DataConfig
     from nas.data import load_dataset
     from search_spaces import layer_costs, total_macs, total_params
-    from workers import fit, metrics_on_test_split, refit, seeded_model
+    from workers import metrics_on_test_split, seeded_model
 
     rows = []
     arch = space_reference()
@@ -100,20 +118,15 @@ def train_reference(seeds: list[int], train_cfg: Any) -> list[dict[str, Any]]:
                 model = seeded_model(arch, train_only, seed)
                 costs = layer_costs(arch, train_only.input_shape, train_only.num_classes)
                 macs, params = total_macs(costs), total_params(costs)
-            fresh = copy.deepcopy(model)  # the same initial weights, for the refit
-            started = time.perf_counter()
-            result, model = fit(model, train_only, train_cfg, seed=seed)
-            row = {"build": build, "seed": seed, "macs": macs, "params": params, "val_error": result.val_error,
-                   "test_accuracy": metrics_on_test_split(model, data)["test_accuracy"], "epochs": result.epochs,
-                   "fixed_point": result.fixed_point_reached, "wall_s": time.perf_counter() - started}
             # The search's final test (search.final_refit, the default): the same network trained again on
             # train + validation with this run's schedule, then tested.
-            started = time.perf_counter()
-            refitted = refit(fresh, train_only, train_cfg, [h["lr"] for h in result.history], seed=seed)
+            result, model, refitted, fit_s, refit_s = fit_and_refit(model, train_only, train_cfg, seed)
+            row = {"build": build, "seed": seed, "macs": macs, "params": params, "val_error": result.val_error,
+                   "test_accuracy": metrics_on_test_split(model, data)["test_accuracy"], "epochs": result.epochs,
+                   "fixed_point": result.fixed_point_reached, "wall_s": fit_s}
             # (no validation error of its own: the validation split is training data for it)
             refit_row = {**row, "build": build + ", refit on train + val", "val_error": None,
-                         "test_accuracy": metrics_on_test_split(refitted, data)["test_accuracy"],
-                         "wall_s": time.perf_counter() - started}
+                         "test_accuracy": metrics_on_test_split(refitted, data)["test_accuracy"], "wall_s": refit_s}
             for r in (row, refit_row):
                 rows.append(r)
                 val = "—" if r["val_error"] is None else f"{r['val_error']:.4f}"

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks._common import machine, machine_line, table, write_json
-from benchmarks.mnist1d_reference import CONFIG, space_reference
+from benchmarks.mnist1d_reference import CONFIG, fit_and_refit, space_reference
 
 DEFAULT_VARIANTS = ["config:", "lr 0.003, batch 64: train.lr=0.003 train.batch_size=64", "patience 5: train.patience=5"]
 
@@ -57,25 +56,24 @@ def run_variant(name: str, overrides: list[str], seeds: list[int]) -> list[dict[
     from nas.config import load_config
     from nas.data import load_dataset
     from search_spaces import layer_costs, total_macs
-    from workers import fit, metrics_on_test_split, refit, seeded_model
+    from workers import metrics_on_test_split, seeded_model
 
     torch.set_num_threads(1)
     config = load_config(CONFIG, overrides)
+    datasets = {seed: load_dataset(config.data, seed) for seed in seeds}  # a variant may change data.*
     rows = []
     for label, arch in architectures().items():
         for seed in seeds:
-            data = load_dataset(config.data, seed)
+            data = datasets[seed]
             train_only = data.without_test()
-            started = time.perf_counter()
-            result, model = fit(seeded_model(arch, train_only, seed), train_only, config.train, seed=seed)
-            refitted = refit(seeded_model(arch, train_only, seed), train_only, config.train,
-                             [h["lr"] for h in result.history], seed=seed)
+            result, model, refitted, fit_s, refit_s = fit_and_refit(seeded_model(arch, train_only, seed), train_only,
+                                                                    config.train, seed)
             row = {"variant": name, "overrides": overrides, "arch": label, "seed": seed,
                    "macs": total_macs(layer_costs(arch, train_only.input_shape, train_only.num_classes)),
                    "val_accuracy": 1.0 - result.val_error, "epochs": result.epochs,
                    "split_test_accuracy": metrics_on_test_split(model, data)["test_accuracy"],
                    "refit_test_accuracy": metrics_on_test_split(refitted, data)["test_accuracy"],
-                   "wall_s": time.perf_counter() - started}
+                   "wall_s": fit_s + refit_s}
             rows.append(row)
             print(f"  {name} | {label} seed {seed}: val {row['val_accuracy']:.4f}, split test "
                   f"{row['split_test_accuracy']:.4f}, refit test {row['refit_test_accuracy']:.4f}, "
@@ -108,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     m = machine()
     print(machine_line(m), flush=True)
     rows = [row for name, overrides in variants for row in run_variant(name, overrides, seeds)]
-    rows.sort(key=lambda r: list(architectures()).index(r["arch"]))
+    order = list(architectures())
+    rows.sort(key=lambda r: order.index(r["arch"]))
     print(table(["architecture", "MACs", "train: variant", "val acc %", "test acc % (split-trained)",
                  "test acc % (refit)", "epochs per seed"], summary(rows)))
     result = {"machine": m, "config": str(CONFIG), "seeds": seeds, "rows": rows}
