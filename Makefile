@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/digits_cnn.yaml
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: run test install bench clean
 
@@ -24,7 +25,7 @@ test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(VENV)/bin/python -m benchmarks.run_all
+	$(VENV)/bin/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
