@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,12 @@ def test_unknown_benchmark_is_named_and_exits_non_zero(capsys):
 
 
 def test_make_bench_passes_bench_args_to_run_all():
-    out = subprocess.run(["make", "-n", "bench", "BENCH_ARGS=--quick --only diagnostics_cost"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    assert "-m benchmarks.run_all --quick --only diagnostics_cost" in out.splitlines()[-1]
+    # Under `make test` this make is a sub-make: drop the parent's flags so it prints only its own commands.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "-n", "--no-print-directory", "bench", "BENCH_ARGS=--quick --only diagnostics_cost"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    bench = [line for line in out.splitlines() if "-m benchmarks.run_all" in line]
+    assert len(bench) == 1 and bench[0].endswith("-m benchmarks.run_all --quick --only diagnostics_cost")
 
 
 def test_quick_chain_runs_a_real_benchmark_and_writes_its_json(tmp_path):
