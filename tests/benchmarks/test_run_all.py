@@ -6,13 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks import run_all
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks._common import ROOT  # the repository root, as the benchmarks see it
 
 
 def test_every_benchmark_has_a_full_and_a_quick_size_and_a_module():
