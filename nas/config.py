@@ -103,6 +103,9 @@ class SearchConfig:
     lam: float = 0.1
     scale: float = 1.0e6
     bound_check: bool = True
+    # a budget of MACs per sample: a proposal whose curve is longer is never trained (PRUNED, reason "budget: ..."),
+    # so the trials go to the networks a user can deploy (docs/SEARCH.md, "A MACs budget"); null: no budget
+    max_macs: float | None = None
     # false: a proposal of a structure already tried is told its earlier result and does not count towards
     # n_trials (it trains nothing); the budget is then n_trials new structures (docs/SEARCH.md, "Duplicates")
     count_duplicates: bool = True
@@ -126,6 +129,8 @@ class SearchConfig:
                f"must be >= 0, but got {self.pruner_warmup_epochs}")
         _check(self.lam >= 0, "search.lam", f"must be >= 0, but got {self.lam}")
         _check(self.scale > 0, "search.scale", f"must be positive, but got {self.scale}")
+        _check(self.max_macs is None or self.max_macs > 0, "search.max_macs",
+               f"must be positive (or null for no budget), but got {self.max_macs}")
         _check(len(self.reference_point) == 2 and all(v > 0 for v in self.reference_point),
                "search.reference_point", f"must be [max_macs, max_val_error], both positive, but got "
                f"{list(self.reference_point)}")

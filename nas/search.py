@@ -1,7 +1,7 @@
 """The driver of a search: Optuna ask/tell, Ray workers, MLflow tracking, the front.
 
-Flow of one trial: ask -> sample an Architecture -> its curve (layer_costs, E_comp) -> infeasible?
-(pruned, never trained) -> duplicate of a finished architecture? (its result reused) -> bound check
+Flow of one trial: ask -> sample an Architecture -> its curve (layer_costs, E_comp) -> infeasible, or over
+search.max_macs? (pruned, never trained) -> duplicate of a finished architecture? (its result reused) -> bound check
 (scalar mode: λ·E_comp/scale >= best F -> pruned, never trained) -> train on a Ray worker, pruning on its
 per-epoch reports -> tell -> track -> front and hypervolume.
 """
@@ -267,6 +267,13 @@ class _Search:
             return
         record.e_comp, record.params = total_macs(costs), total_params(costs)
         stored.update({ATTR.E_COMP: record.e_comp, ATTR.PARAMS: record.params})
+        budget = self.search.max_macs
+        if budget is not None and record.e_comp > budget:
+            # Never trained, like an infeasible proposal: over the user's budget it could not be deployed.
+            trial.set_user_attr(RECORD, stored)
+            self.duplicate_streak = 0
+            self._finish_pruned(trial, f"budget: E_comp = {record.e_comp:,} MACs > search.max_macs = {budget:,.0f}")
+            return
         self._log_profile(trial.number, arch, costs)
         if arch.arch_id in self.results_by_arch:
             # The sampler proposed a structure already trained to its fixed point: reuse that result.
