@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="register the best front member within a MACs budget in the MLflow "
                                            "model registry")
     export.add_argument("--config", required=True, help="the search's YAML config (tracking store and study)")
-    export.add_argument("--max-macs", type=float, required=True, help="the budget: at most this many MACs per sample")
+    export.add_argument("--max-macs", type=float,
+                        help="the budget: at most this many MACs per sample (default: the config's search.max_macs)")
     export.add_argument("--name", help="registered model name (default: STUDY-best)")
 
     reproduce = sub.add_parser("reproduce", help="retrain one trial from its MLflow record and compare")
@@ -175,9 +176,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nas.review import export_best
 
     config = load_config(args.config)
-    if args.max_macs <= 0:
-        raise GeonasError(f"--max-macs must be positive, but got {args.max_macs}")
-    record = export_best(config.tracking.uri, config.experiment_name, config.study_name, args.max_macs,
+    max_macs = config.search.max_macs if args.max_macs is None else args.max_macs
+    if max_macs is None:
+        raise GeonasError(f"--max-macs is required: {args.config} sets no search.max_macs")
+    if max_macs <= 0:
+        raise GeonasError(f"--max-macs must be positive, but got {max_macs}")
+    record = export_best(config.tracking.uri, config.experiment_name, config.study_name, max_macs,
                          args.name or f"{config.study_name}-best")
     test = "" if record["test_accuracy"] is None else f", test accuracy {100 * record['test_accuracy']:.2f}%"
     print(f"registered {record['name']} version {record['version']}: trial {record['trial_number']} "

@@ -41,6 +41,7 @@ __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 FRONT_REFRESH_SECONDS = 30.0
 TRACKING_DELAY = 2.0  # seconds the per-epoch and per-trial metrics may wait to be written in one batch
 EPOCH_PREFIX = "epoch/"
+BUDGET_REASON = "budget:"  # how the reason of a proposal over search.max_macs starts
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +64,7 @@ class TrialRecord:
     dispatched_at: float = 0.0
     finished_at: float = 0.0
     duplicate_of: int | None = None  # the trial whose result this proposal of the same structure reused
+    over_budget: bool = False  # E_comp over search.max_macs: never trained, not counted toward n_trials
 
 
 @dataclass
@@ -124,6 +126,7 @@ class _Search:
         self.best_f: float | None = None
         self.hv_history: list[tuple[int, float]] = []
         self.duplicate_streak = 0  # proposals in a row of structures already tried (count_duplicates: false)
+        self.budget_streak = 0  # proposals in a row over search.max_macs
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
         self.loop_time = 0.0
@@ -178,18 +181,24 @@ class _Search:
                                  summary=str(a.get(ATTR.SUMMARY, "")), e_comp=int(a.get(ATTR.E_COMP, 0)),
                                  params=int(a.get(ATTR.PARAMS, 0)), reason=str(a.get(ATTR.REASON, "")),
                                  values=tuple(t.values or ()), epochs=int(a.get(ATTR.EPOCHS, 0)),
-                                 duplicate_of=a.get(ATTR.DUPLICATE_OF))
+                                 duplicate_of=a.get(ATTR.DUPLICATE_OF),
+                                 over_budget=str(a.get(ATTR.REASON, "")).startswith(BUDGET_REASON))
             self.records[t.number] = record
             if t.state == TrialState.COMPLETE and ATTR.F in a:
                 self.results_by_arch.setdefault(record.arch_id, (t.number, self._stored_result(a)))
                 self._update_best(float(a[ATTR.F]))
                 self._add_curve(t.number, record.e_comp, a.get(ATTR.HISTORY) or [])
         self.points = front_points(trials)
-        # a rerun of a search that stopped on a run of duplicates (count_duplicates: false) asks no more of them
+        # a rerun of a search that stopped on a run of duplicates (count_duplicates: false) or of proposals over
+        # the budget asks no more of them
         for number in sorted(self.records, reverse=True):
             if self.records[number].duplicate_of is None:
                 break
             self.duplicate_streak += 1
+        for number in sorted(self.records, reverse=True):
+            if not self.records[number].over_budget:
+                break
+            self.budget_streak += 1
 
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -208,9 +217,11 @@ class _Search:
 
     @property
     def finished(self) -> int:
-        """Finished trials that count towards `n_trials` (with `count_duplicates: false`, duplicates do not)."""
+        """Finished trials that count towards `n_trials` (with `count_duplicates: false`, duplicates do not;
+        proposals over `max_macs` never do)."""
         counted = self.search.count_duplicates
-        return sum(1 for r in self.records.values() if r.state != "RUNNING" and (counted or r.duplicate_of is None))
+        return sum(1 for r in self.records.values()
+                   if r.state != "RUNNING" and not r.over_budget and (counted or r.duplicate_of is None))
 
     @property
     def front(self) -> list[FrontPoint]:
@@ -243,7 +254,8 @@ class _Search:
         """Whether to ask for another trial with `in_flight` trials running: the budget is not spent, and (with
         count_duplicates: false; otherwise the budget ends first) the last n_trials proposals were not all
         duplicates, which means the space, or what the sampler still considers of it, is exhausted."""
-        return self.finished + in_flight < self.search.n_trials and self.duplicate_streak < self.search.n_trials
+        limit = self.search.n_trials
+        return self.finished + in_flight < limit and self.duplicate_streak < limit and self.budget_streak < limit
 
     def _ask_and_dispatch(self, data_ref: Any) -> None:
         trial = self.study.ask()
@@ -262,18 +274,26 @@ class _Search:
             # TPE never learned that a region cannot be built and proposed it again and again (40 of 80 trials
             # of one digits search); a pruned trial with no reports is one of its worst observations.
             trial.set_user_attr(RECORD, stored)
-            self.duplicate_streak = 0
+            self.duplicate_streak = self.budget_streak = 0
             self._finish_pruned(trial, str(exc))
             return
         record.e_comp, record.params = total_macs(costs), total_params(costs)
         stored.update({ATTR.E_COMP: record.e_comp, ATTR.PARAMS: record.params})
         budget = self.search.max_macs
         if budget is not None and record.e_comp > budget:
-            # Never trained, like an infeasible proposal: over the user's budget it could not be deployed.
+            # Never trained, like an infeasible proposal: over the user's budget it could not be deployed. It costs
+            # milliseconds and does not count toward n_trials; n_trials such proposals in a row end the search.
             trial.set_user_attr(RECORD, stored)
             self.duplicate_streak = 0
-            self._finish_pruned(trial, f"budget: E_comp = {record.e_comp:,} MACs > search.max_macs = {budget:,.0f}")
+            record.over_budget = True
+            self.budget_streak += 1
+            if self.budget_streak == self.search.n_trials:
+                log.warning("the sampler proposed %d structures in a row over search.max_macs = %s: the search stops "
+                            "with %d of its %d trials", self.budget_streak, f"{budget:,.0f}", self.finished,
+                            self.search.n_trials)
+            self._finish_pruned(trial, f"{BUDGET_REASON} E_comp = {record.e_comp:,} MACs > search.max_macs = {budget:,.0f}")
             return
+        self.budget_streak = 0
         self._log_profile(trial.number, arch, costs)
         if arch.arch_id in self.results_by_arch:
             # The sampler proposed a structure already trained to its fixed point: reuse that result.

@@ -46,6 +46,8 @@ def test_base_config_values_are_overridden_by_the_child(tmp_path):
         ({"data": {"dataset": "cifar"}}, "data.dataset must be one of"),
         ({"search": {"sampler": "cmaes"}}, "search.sampler must be one of"),
         ({"search": {"reference_point": [1.0]}}, "search.reference_point"),
+        ({"search": {"max_macs": 0}}, "search.max_macs must be positive (or null for no budget), but got 0"),
+        ({"search": {"max_macs": "small"}}, "search.max_macs"),
         ({"ray": {"parallelism": 0}}, "ray.parallelism must be at least 1"),
         ({"tracking": {"writers": 0}}, "tracking.writers must be between 1 and 64"),
         ({"space": {"name": "transformer"}}, "transformer"),

@@ -122,6 +122,19 @@ def test_export_registers_the_best_member_within_the_budget(reviewed):
     too_small = subprocess.run([sys.executable, "-m", "nas", "export", "--config", str(reviewed["config_path"]),
                                 "--max-macs", "0.5"], cwd=reviewed["tmp"], capture_output=True, text=True, timeout=300)
     assert too_small.returncode == 2 and "the cheapest has" in too_small.stderr
+    no_budget = subprocess.run([sys.executable, "-m", "nas", "export", "--config", str(reviewed["config_path"])],
+                               cwd=reviewed["tmp"], capture_output=True, text=True, timeout=300)
+    assert no_budget.returncode == 2 and "--max-macs is required" in no_budget.stderr
+    # a config with a search budget (search.max_macs) is its own export budget
+    data = yaml.safe_load(reviewed["config_path"].read_text())
+    data["search"]["max_macs"] = budget
+    budgeted = reviewed["tmp"] / "review-budget.yaml"
+    budgeted.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "nas", "export", "--config", str(budgeted), "--name", "review-budget"],
+                          cwd=reviewed["tmp"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = client.search_model_versions("name = 'review-budget'")[0]
+    assert int(client.get_run(version.run_id).data.tags["trial_number"]) == expected.trial_number
 
 
 def test_reproduce_retrains_a_trial_from_its_record_exactly(reviewed):

@@ -172,6 +172,51 @@ def test_tpe_learns_that_an_infeasible_region_is_empty(stores, ray_cluster):
     assert len([n for n in infeasible if n >= 4]) <= 4, infeasible
 
 
+def test_a_macs_budget_trains_only_what_fits_and_records_the_rest(stores, ray_executor):
+    # search.max_macs = 1,500 on 8x8 digits: depth 0 (640 MACs) and the one- and two-layer nets of 4 channels
+    # fit (616-1,312 MACs); the others (1,808-3,776) are over it, ended PRUNED without training, say why and do
+    # not count toward n_trials (they cost nothing).
+    config = tiny_config(stores, name="budget", search={"n_trials": 10, "n_startup_trials": 10, "sampler": "random",
+                                                        "max_macs": 1500, "final_seeds": 1,
+                                                        "storage": stores["storage"]})
+    outcome = run_search(config, executor=ray_executor)
+    trials = optuna.load_study(study_name="budget", storage=stores["storage"]).trials
+    over = [t for t in trials if trial_attrs(t)["E_comp"] > 1500]
+    under = [t for t in trials if trial_attrs(t)["E_comp"] <= 1500]
+    assert len(under) == 10 and over  # random search with seed 0 proposes both kinds
+    assert sorted(outcome.records) == [t.number for t in trials]
+    assert all(outcome.records[t.number].over_budget for t in over)
+    for t in over:
+        a = trial_attrs(t)
+        assert t.state == TrialState.PRUNED and a["epochs"] == 0 and not a["history"]
+        assert a["reason"] == f"budget: E_comp = {a['E_comp']:,} MACs > search.max_macs = 1,500"
+    # what fits trains as before (none of it is pruned by the budget)
+    assert all(not trial_attrs(t).get("reason", "").startswith("budget") for t in under)
+    assert any(t.state == TrialState.COMPLETE for t in under)
+    assert outcome.front and all(p.macs <= 1500 for p in outcome.front)
+    assert outcome.count("PRUNED") >= len(over)
+    _, parents, children = _runs(stores["tracking"], "budget")
+    assert parents[0].data.params["search.max_macs"] == "1500.0"  # the budget is one of the search's params
+    budget_runs = [c for c in children if c.data.tags.get(TAG_REASON, "").startswith("budget:")]
+    assert len(budget_runs) == len(over) and all(c.info.status == "KILLED" for c in budget_runs)
+    assert all("epoch/val_loss" not in c.data.metrics for c in budget_runs)
+
+
+def test_a_budget_below_every_network_stops_the_search_after_n_trials_proposals(stores, ray_executor, caplog):
+    # The cheapest network of the tiny space has 616 MACs: every proposal is over a budget of 100. The search
+    # does not loop for ever on free proposals: n_trials of them in a row end it, with a warning; a rerun asks
+    # for no more.
+    config = tiny_config(stores, name="no-budget-fits", search={"n_trials": 4, "n_startup_trials": 4, "sampler": "random",
+                                                                "max_macs": 100, "final_seeds": 0,
+                                                                "storage": stores["storage"]})
+    with caplog.at_level("WARNING", logger="nas.search"):
+        outcome = run_search(config, executor=ray_executor)
+    assert len(outcome.records) == 4 and all(r.over_budget and r.state == "PRUNED" for r in outcome.records.values())
+    assert outcome.front == [] and "4 structures in a row over search.max_macs = 100" in caplog.text
+    again = run_search(config, executor=ray_executor)
+    assert len(again.records) == 4
+
+
 def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor):
     # (and search.diagnostics=false: no geometry diagnostics are computed or logged)
     config = tiny_config(stores, name="pareto", search={"mode": "pareto", "sampler": "nsga2", "n_trials": 4,
