@@ -195,8 +195,9 @@ class _Search:
             if self.records[number].duplicate_of is None:
                 break
             self.duplicate_streak += 1
-        for number in sorted(self.records, reverse=True):
-            if not self.records[number].over_budget:
+        budget = self.search.max_macs
+        for number in sorted(self.records, reverse=True):  # only while the budget still excludes them
+            if budget is None or not (self.records[number].over_budget and self.records[number].e_comp > budget):
                 break
             self.budget_streak += 1
 

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from nas.config import config_from_dict
+from nas.config import config_from_dict, config_to_dict
 from nas.search import run_search
 from nas.study import trial_attrs
 from nas.tracking import TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL
@@ -205,7 +205,7 @@ def test_a_macs_budget_trains_only_what_fits_and_records_the_rest(stores, ray_ex
 def test_a_budget_below_every_network_stops_the_search_after_n_trials_proposals(stores, ray_executor, caplog):
     # The cheapest network of the tiny space has 616 MACs: every proposal is over a budget of 100. The search
     # does not loop for ever on free proposals: n_trials of them in a row end it, with a warning; a rerun asks
-    # for no more.
+    # for no more, and a rerun without the budget trains its n_trials (the skipped proposals never counted).
     config = tiny_config(stores, name="no-budget-fits", search={"n_trials": 4, "n_startup_trials": 4, "sampler": "random",
                                                                 "max_macs": 100, "final_seeds": 0,
                                                                 "storage": stores["storage"]})
@@ -215,6 +215,11 @@ def test_a_budget_below_every_network_stops_the_search_after_n_trials_proposals(
     assert outcome.front == [] and "4 structures in a row over search.max_macs = 100" in caplog.text
     again = run_search(config, executor=ray_executor)
     assert len(again.records) == 4
+    unbudgeted = config_from_dict({**config_to_dict(config), "search": {**config_to_dict(config)["search"],
+                                                                       "max_macs": None}})
+    trained = run_search(unbudgeted, executor=ray_executor)
+    assert len(trained.records) == 8 and trained.count("COMPLETE") >= 1
+    assert all(not r.over_budget for n, r in trained.records.items() if n >= 4)
 
 
 def test_pareto_mode_tells_two_objectives_and_never_prunes(stores, ray_executor):
