@@ -292,7 +292,8 @@ class _Search:
                 log.warning("the sampler proposed %d structures in a row over search.max_macs = %s: the search stops "
                             "with %d of its %d trials", self.budget_streak, f"{budget:,.0f}", self.finished,
                             self.search.n_trials)
-            self._finish_pruned(trial, f"{BUDGET_REASON} E_comp = {record.e_comp:,} MACs > search.max_macs = {budget:,.0f}")
+            self._finish_pruned(trial, f"{BUDGET_REASON} E_comp = {record.e_comp:,} MACs > search.max_macs = "
+                                       f"{budget:,.0f}")
             return
         self.budget_streak = 0
         self._log_profile(trial.number, arch, costs)

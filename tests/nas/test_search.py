@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from nas.config import config_from_dict, config_to_dict
+from nas.config import config_from_dict
 from nas.search import run_search
 from nas.study import trial_attrs
 from nas.tracking import TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL
@@ -173,9 +174,9 @@ def test_tpe_learns_that_an_infeasible_region_is_empty(stores, ray_cluster):
 
 
 def test_a_macs_budget_trains_only_what_fits_and_records_the_rest(stores, ray_executor):
-    # search.max_macs = 1,500 on 8x8 digits: depth 0 (640 MACs) and the one- and two-layer nets of 4 channels
-    # fit (616-1,312 MACs); the others (1,808-3,776) are over it, ended PRUNED without training, say why and do
-    # not count toward n_trials (they cost nothing).
+    # search.max_macs = 1,500 on 8x8 digits: depth 0 (640 MACs), the nets of 4 channels (one layer, or two
+    # with either head) and one layer of 8 with global pooling fit (616-1,312 MACs); the others (1,808-3,776)
+    # are over it, ended PRUNED without training, say why and do not count toward n_trials (they cost nothing).
     config = tiny_config(stores, name="budget", search={"n_trials": 10, "n_startup_trials": 10, "sampler": "random",
                                                         "max_macs": 1500, "final_seeds": 1,
                                                         "storage": stores["storage"]})
@@ -206,18 +207,16 @@ def test_a_budget_below_every_network_stops_the_search_after_n_trials_proposals(
     # The cheapest network of the tiny space has 616 MACs: every proposal is over a budget of 100. The search
     # does not loop for ever on free proposals: n_trials of them in a row end it, with a warning; a rerun asks
     # for no more, and a rerun without the budget trains its n_trials (the skipped proposals never counted).
-    config = tiny_config(stores, name="no-budget-fits", search={"n_trials": 4, "n_startup_trials": 4, "sampler": "random",
-                                                                "max_macs": 100, "final_seeds": 0,
-                                                                "storage": stores["storage"]})
+    config = tiny_config(stores, name="no-budget-fits",
+                         search={"n_trials": 4, "n_startup_trials": 4, "sampler": "random", "max_macs": 100,
+                                 "final_seeds": 0, "storage": stores["storage"]})
     with caplog.at_level("WARNING", logger="nas.search"):
         outcome = run_search(config, executor=ray_executor)
     assert len(outcome.records) == 4 and all(r.over_budget and r.state == "PRUNED" for r in outcome.records.values())
     assert outcome.front == [] and "4 structures in a row over search.max_macs = 100" in caplog.text
     again = run_search(config, executor=ray_executor)
     assert len(again.records) == 4
-    unbudgeted = config_from_dict({**config_to_dict(config), "search": {**config_to_dict(config)["search"],
-                                                                       "max_macs": None}})
-    trained = run_search(unbudgeted, executor=ray_executor)
+    trained = run_search(replace(config, search=replace(config.search, max_macs=None)), executor=ray_executor)
     assert len(trained.records) == 8 and trained.count("COMPLETE") >= 1
     assert all(not r.over_budget for n, r in trained.records.items() if n >= 4)
 
