@@ -64,7 +64,11 @@ class TrialRecord:
     dispatched_at: float = 0.0
     finished_at: float = 0.0
     duplicate_of: int | None = None  # the trial whose result this proposal of the same structure reused
-    over_budget: bool = False  # E_comp over search.max_macs: never trained, not counted toward n_trials
+
+    @property
+    def over_budget(self) -> bool:
+        """E_comp over search.max_macs: never trained, not counted toward n_trials."""
+        return self.reason.startswith(BUDGET_REASON)
 
 
 @dataclass
@@ -181,8 +185,7 @@ class _Search:
                                  summary=str(a.get(ATTR.SUMMARY, "")), e_comp=int(a.get(ATTR.E_COMP, 0)),
                                  params=int(a.get(ATTR.PARAMS, 0)), reason=str(a.get(ATTR.REASON, "")),
                                  values=tuple(t.values or ()), epochs=int(a.get(ATTR.EPOCHS, 0)),
-                                 duplicate_of=a.get(ATTR.DUPLICATE_OF),
-                                 over_budget=str(a.get(ATTR.REASON, "")).startswith(BUDGET_REASON))
+                                 duplicate_of=a.get(ATTR.DUPLICATE_OF))
             self.records[t.number] = record
             if t.state == TrialState.COMPLETE and ATTR.F in a:
                 self.results_by_arch.setdefault(record.arch_id, (t.number, self._stored_result(a)))
@@ -191,15 +194,11 @@ class _Search:
         self.points = front_points(trials)
         # a rerun of a search that stopped on a run of duplicates (count_duplicates: false) or of proposals over
         # the budget asks no more of them
-        for number in sorted(self.records, reverse=True):
-            if self.records[number].duplicate_of is None:
-                break
-            self.duplicate_streak += 1
-        budget = self.search.max_macs
-        for number in sorted(self.records, reverse=True):  # only while the budget still excludes them
-            if budget is None or not (self.records[number].over_budget and self.records[number].e_comp > budget):
-                break
-            self.budget_streak += 1
+        latest_first = [self.records[n] for n in sorted(self.records, reverse=True)]
+        self.duplicate_streak = _streak(latest_first, lambda r: r.duplicate_of is not None)
+        budget = self.search.max_macs  # a streak over the budget holds only while the budget still excludes it
+        if budget is not None:
+            self.budget_streak = _streak(latest_first, lambda r: r.over_budget and r.e_comp > budget)
 
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +253,8 @@ class _Search:
     def _wants_more(self, in_flight: int) -> bool:
         """Whether to ask for another trial with `in_flight` trials running: the budget is not spent, and (with
         count_duplicates: false; otherwise the budget ends first) the last n_trials proposals were not all
-        duplicates, which means the space, or what the sampler still considers of it, is exhausted."""
+        duplicates, which means the space, or what the sampler still considers of it, is exhausted, nor all over
+        search.max_macs (they do not count either)."""
         limit = self.search.n_trials
         return self.finished + in_flight < limit and self.duplicate_streak < limit and self.budget_streak < limit
 
@@ -286,7 +286,6 @@ class _Search:
             # milliseconds and does not count toward n_trials; n_trials such proposals in a row end the search.
             trial.set_user_attr(RECORD, stored)
             self.duplicate_streak = 0
-            record.over_budget = True
             self.budget_streak += 1
             if self.budget_streak == self.search.n_trials:
                 log.warning("the sampler proposed %d structures in a row over search.max_macs = %s: the search stops "
@@ -633,6 +632,11 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
         lines.append("\nTest accuracy: each seed's network trained again on the training and validation splits "
                      "with its run's schedule (search.final_refit), then tested once.")
     return "\n".join(lines) + "\n"
+
+
+def _streak(records: list[TrialRecord], belongs: Callable[[TrialRecord], bool]) -> int:
+    """How many of `records` (latest first) belong to the run at their head."""
+    return next((i for i, r in enumerate(records) if not belongs(r)), len(records))
 
 
 def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = None,
