@@ -129,8 +129,6 @@ class _Search:
         self.curves: list[tuple[int, float, list[float]]] = []
         self.best_f: float | None = None
         self.hv_history: list[tuple[int, float]] = []
-        self.duplicate_streak = 0  # proposals in a row of structures already tried (count_duplicates: false)
-        self.budget_streak = 0  # proposals in a row over search.max_macs
         self.started = time.perf_counter()
         self._front_logged_at = -math.inf
         self.loop_time = 0.0
@@ -177,7 +175,7 @@ class _Search:
         return stale
 
     def _load_finished(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        for t in trials:
+        for t in sorted(trials, key=lambda t: t.number):  # records stay in trial order: the streaks read it
             a = trial_attrs(t)
             if t.state not in FINISHED_STATES or a.get(ATTR.REQUEUED):
                 continue
@@ -192,13 +190,19 @@ class _Search:
                 self._update_best(float(a[ATTR.F]))
                 self._add_curve(t.number, record.e_comp, a.get(ATTR.HISTORY) or [])
         self.points = front_points(trials)
-        # a rerun of a search that stopped on a run of duplicates (count_duplicates: false) or of proposals over
-        # the budget asks no more of them
-        latest_first = [self.records[n] for n in sorted(self.records, reverse=True)]
-        self.duplicate_streak = _streak(latest_first, lambda r: r.duplicate_of is not None)
-        budget = self.search.max_macs  # a streak over the budget holds only while the budget still excludes it
-        if budget is not None:
-            self.budget_streak = _streak(latest_first, lambda r: r.over_budget and r.e_comp > budget)
+
+    # Both streaks are read from the records, so a rerun of a search that stopped on one asks no more of it.
+    @property
+    def duplicate_streak(self) -> int:
+        """The latest proposals in a row of structures already trained (count_duplicates: false)."""
+        return _streak(self.records, lambda r: r.duplicate_of is not None)
+
+    @property
+    def budget_streak(self) -> int:
+        """The latest proposals in a row over search.max_macs; a streak of an earlier run counts only while the
+        current budget still excludes it."""
+        budget = self.search.max_macs
+        return 0 if budget is None else _streak(self.records, lambda r: r.over_budget and r.e_comp > budget)
 
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +279,6 @@ class _Search:
             # TPE never learned that a region cannot be built and proposed it again and again (40 of 80 trials
             # of one digits search); a pruned trial with no reports is one of its worst observations.
             trial.set_user_attr(RECORD, stored)
-            self.duplicate_streak = self.budget_streak = 0
             self._finish_pruned(trial, str(exc))
             return
         record.e_comp, record.params = total_macs(costs), total_params(costs)
@@ -285,22 +288,18 @@ class _Search:
             # Never trained, like an infeasible proposal: over the user's budget it could not be deployed. It costs
             # milliseconds and does not count toward n_trials; n_trials such proposals in a row end the search.
             trial.set_user_attr(RECORD, stored)
-            self.duplicate_streak = 0
-            self.budget_streak += 1
+            self._finish_pruned(trial, f"{BUDGET_REASON} E_comp = {record.e_comp:,} MACs > search.max_macs = "
+                                       f"{budget:,.0f}")
             if self.budget_streak == self.search.n_trials:
                 log.warning("the sampler proposed %d structures in a row over search.max_macs = %s: the search stops "
                             "with %d of its %d trials", self.budget_streak, f"{budget:,.0f}", self.finished,
                             self.search.n_trials)
-            self._finish_pruned(trial, f"{BUDGET_REASON} E_comp = {record.e_comp:,} MACs > search.max_macs = "
-                                       f"{budget:,.0f}")
             return
-        self.budget_streak = 0
         self._log_profile(trial.number, arch, costs)
         if arch.arch_id in self.results_by_arch:
             # The sampler proposed a structure already trained to its fixed point: reuse that result.
             source, result = self.results_by_arch[arch.arch_id]
             stored[ATTR.DUPLICATE_OF] = record.duplicate_of = source
-            self.duplicate_streak += 1
             if self.duplicate_streak == self.search.n_trials and not self.search.count_duplicates:
                 log.warning("the sampler proposed %d structures in a row that were already tried: the search "
                             "stops with %d of its %d new trials", self.duplicate_streak, self.finished,
@@ -309,7 +308,6 @@ class _Search:
             # reused: no training happened
             self._finish_complete(trial, {**result, "wall_time": 0.0}, tags={"duplicate_of": source})
             return
-        self.duplicate_streak = 0
         trial.set_user_attr(RECORD, stored)
         if self.search.mode == "scalar" and self.search.bound_check and bound_excludes(
                 record.e_comp, self.search.lam, self.search.scale, self.best_f):
@@ -634,9 +632,9 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
     return "\n".join(lines) + "\n"
 
 
-def _streak(records: list[TrialRecord], belongs: Callable[[TrialRecord], bool]) -> int:
-    """How many of `records` (latest first) belong to the run at their head."""
-    return next((i for i, r in enumerate(records) if not belongs(r)), len(records))
+def _streak(records: dict[int, TrialRecord], belongs: Callable[[TrialRecord], bool]) -> int:
+    """How many of the latest `records` (kept in trial order) in a row belong."""
+    return next((i for i, r in enumerate(reversed(records.values())) if not belongs(r)), len(records))
 
 
 def run_search(config: Config, *, on_progress: Callable[[Any], None] | None = None,
