@@ -3,8 +3,8 @@
 An item-2 front is built from one training run per trial: a small net whose validation accuracy came out high
 for its seed dominates every larger net that validated lower, and the front has no member between them. This
 trains front members again on their search's split (configs/mnist1d_cnn.yaml with the search seed and
-``--set`` overrides), first with the trial's own seed (`nas.study.derive_seed(search seed, trial)`, a check that
-it reproduces the search's number) and then with the seeds ``search.seeds_per_trial`` would add
+``--set`` overrides), first with the trial's own seed (`nas.study.derive_seed(search seed, trial)`; its validation
+accuracy should be the search's, which the reader checks against the front) and then with the seeds ``search.seeds_per_trial`` would add
 (`derive_seed(search seed, trial, -j)`), the way a trial trains them (`workers.fit` to the fixed point).
 
 The default cases are the largest front members under 15,875 MACs of the three searches that missed item 2 on
