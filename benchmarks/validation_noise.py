@@ -3,9 +3,10 @@
 An item-2 front is built from one training run per trial: a small net whose validation accuracy came out high
 for its seed dominates every larger net that validated lower, and the front has no member between them. This
 trains front members again on their search's split (configs/mnist1d_cnn.yaml with the search seed and
-``--set`` overrides), first with the trial's own seed (`nas.study.derive_seed(search seed, trial)`; its validation
-accuracy should be the search's, which the reader checks against the front) and then with the seeds ``search.seeds_per_trial`` would add
-(`derive_seed(search seed, trial, -j)`), the way a trial trains them (`workers.fit` to the fixed point).
+``--set`` overrides), first with the trial's own seed (`nas.study.derive_seed(search seed, trial)`; its
+validation accuracy should be the search's, which the reader checks against the front) and then with the seeds
+``search.seeds_per_trial`` would add (`nas.study.repeat_seeds`), the way a trial trains them (`workers.fit` to
+the fixed point).
 
 The default cases are the largest front members under 15,875 MACs of the three searches that missed item 2 on
 2026-12-07 (docs/SEARCH_QUALITY.md, item 2, "λ = 0.5 on search seeds 0-11").
@@ -56,7 +57,7 @@ def run_case(name: str, search_seed: int, trial: int, arch_json: str, overrides:
 
     from nas.config import load_config
     from nas.data import load_dataset
-    from nas.study import derive_seed
+    from nas.study import derive_seed, repeat_seeds
     from search_spaces import Architecture, layer_costs, total_macs
     from workers import fit, seeded_model
 
@@ -64,7 +65,7 @@ def run_case(name: str, search_seed: int, trial: int, arch_json: str, overrides:
     config = load_config(CONFIG, [f"seed={search_seed}", *overrides])
     data = load_dataset(config.data, config.seed).without_test()
     arch = Architecture.from_json(arch_json)
-    seeds = [derive_seed(config.seed, trial)] + [derive_seed(config.seed, trial, -j) for j in range(1, others + 1)]
+    seeds = [derive_seed(config.seed, trial), *repeat_seeds(config.seed, trial, others + 1)]
     vals = []
     for seed in seeds:
         result, _ = fit(seeded_model(arch, data, seed), data, config.train, seed=seed)

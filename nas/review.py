@@ -148,7 +148,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
     import torch
 
     from nas.data import load_dataset
-    from nas.study import derive_seed
+    from nas.study import repeat_seeds
     from search_spaces import Architecture
     from workers import drain_steps, fit_seeds_steps, fit_steps, seeded_model
 
@@ -197,8 +197,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
         train = dataclasses.replace(train, max_epochs=epochs)
         notes.append(f"trial was {state}: compared over its {epochs} trained epochs")
     # search.seeds_per_trial > 1: the trial was the mean of that many training runs, from these seeds
-    seeds = [seed, *(derive_seed(config.seed, int(run.data.tags[TAG_TRIAL]), -j)
-                     for j in range(1, config.search.seeds_per_trial))]
+    seeds = [seed, *repeat_seeds(config.seed, int(run.data.tags[TAG_TRIAL]), config.search.seeds_per_trial)]
     if len(seeds) > 1:
         notes.append(f"the trial is the mean of {len(seeds)} training runs (search.seeds_per_trial): all retrained")
     previous = torch.get_num_threads()

@@ -26,8 +26,8 @@ from nas.energy import (FrontPoint, best_so_far, bound_excludes, complexity_term
 from nas.lock import StudyLock
 from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile_png
 from nas.provenance import environment
-from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, storage_url,
-                       trial_attrs)
+from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, repeat_seeds,
+                       storage_url, trial_attrs)
 from nas.sync import open_search_runs as _open_search_runs
 from nas.sync import member_test_metrics, profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
@@ -317,9 +317,9 @@ class _Search:
         self.live[trial.number] = trial
         self.reports[trial.number] = []
         record.dispatched_at = time.perf_counter()
-        repeat_seeds = tuple(derive_seed(self.config.seed, trial.number, -j) for j in range(1, self.search.seeds_per_trial))
+        further = repeat_seeds(self.config.seed, trial.number, self.search.seeds_per_trial)
         self.executor.submit(trial.number, TaskSpec(arch.to_json(), self.config.train, seed,
-                                                    diagnostics=self.search.diagnostics, repeat_seeds=repeat_seeds),
+                                                    diagnostics=self.search.diagnostics, repeat_seeds=further),
                              data_ref)
 
     def _handle(self, event: TrialEvent) -> None:

@@ -73,6 +73,11 @@ def derive_seed(study_seed: int, trial_number: int, replicate: int = 0) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def repeat_seeds(study_seed: int, trial_number: int, runs: int) -> tuple[int, ...]:
+    """The seeds of a trial's further training runs beyond its first (`search.seeds_per_trial` = `runs`)."""
+    return tuple(derive_seed(study_seed, trial_number, -j) for j in range(1, runs))
+
+
 def make_sampler(config: Config, **tpe_options: Any) -> optuna.samplers.BaseSampler:
     """The config's sampler; `tpe_options` override TPESampler's arguments (for experiments: benchmarks)."""
     search = config.search

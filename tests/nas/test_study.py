@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from nas.config import config_from_dict
-from nas.study import derive_seed, make_pruner, make_sampler
+from nas.study import derive_seed, make_pruner, make_sampler, repeat_seeds
 from search_spaces import get_space
 
 
@@ -38,3 +38,6 @@ def test_trial_seeds_are_stable_and_distinct():
     assert derive_seed(0, 5) == derive_seed(0, 5)
     assert len({derive_seed(0, n) for n in range(1000)}) == 1000
     assert derive_seed(0, 5) != derive_seed(1, 5) != derive_seed(0, 5, replicate=1)
+    # a trial's further training runs (search.seeds_per_trial): replicates -1, -2, ..., none for one run
+    assert repeat_seeds(0, 5, 3) == (derive_seed(0, 5, replicate=-1), derive_seed(0, 5, replicate=-2))
+    assert repeat_seeds(0, 5, 1) == ()
