@@ -112,6 +112,10 @@ class SearchConfig:
     # each trial trains its architecture this many times (seeds of their own) and is told the mean validation
     # loss and error; reports and pruning see the mean per epoch (docs/SEARCH.md, "Training seeds per trial")
     seeds_per_trial: int = 1
+    # a trained trial whose result would enter the front (no completed trial has as few MACs and as low a
+    # validation error) trains this many more runs, seeds of its own, before the study is told; it is told the
+    # mean of all its runs (docs/SEARCH.md, "Rechecking front entrants")
+    recheck_seeds: int = 0
     reference_point: tuple[float, float] = (1.0e6, 1.0)
     final_seeds: int = 3
     final_refit: bool = True  # the final test trains each member on train + validation (docs/SEARCH.md)
@@ -136,6 +140,7 @@ class SearchConfig:
                f"{list(self.reference_point)}")
         _check(self.seeds_per_trial >= 1, "search.seeds_per_trial",
                f"must be at least 1, but got {self.seeds_per_trial}")
+        _check(self.recheck_seeds >= 0, "search.recheck_seeds", f"must be >= 0, but got {self.recheck_seeds}")
         _check(self.final_seeds >= 0, "search.final_seeds", f"must be >= 0, but got {self.final_seeds}")
         _check(bool(self.storage), "search.storage", "must be a storage URL such as sqlite:///runs/optuna.db")
         scheme = self.storage.split(":", 1)[0]

@@ -148,7 +148,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
     import torch
 
     from nas.data import load_dataset
-    from nas.study import repeat_seeds
+    from nas.study import recheck_seeds, rechecked_result, repeat_seeds
     from search_spaces import Architecture
     from workers import drain_steps, fit_seeds_steps, fit_steps, seeded_model
 
@@ -197,23 +197,35 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
         train = dataclasses.replace(train, max_epochs=epochs)
         notes.append(f"trial was {state}: compared over its {epochs} trained epochs")
     # search.seeds_per_trial > 1: the trial was the mean of that many training runs, from these seeds
-    seeds = [seed, *repeat_seeds(config.seed, int(run.data.tags[TAG_TRIAL]), config.search.seeds_per_trial)]
+    number = int(run.data.tags[TAG_TRIAL])
+    seeds = [seed, *repeat_seeds(config.seed, number, config.search.seeds_per_trial)]
     if len(seeds) > 1:
         notes.append(f"the trial is the mean of {len(seeds)} training runs (search.seeds_per_trial): all retrained")
+    # a front entrant rechecked (search.recheck_seeds): its result is the mean over these runs as well
+    rechecked = int(run.data.metrics.get("recheck_runs", 0)) if state == "COMPLETE" else 0
+    more = list(recheck_seeds(config.seed, number, config.search.seeds_per_trial, rechecked))
+    if more:
+        notes.append(f"the trial's front entry was rechecked with {len(more)} more training runs: retrained too")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     curve: dict[str, dict[int, float]] = {"val_loss": {}, "val_error": {}}
     data = dataset.without_test()
+
+    def train_runs(run_seeds: list[int], on_epoch: Any = None) -> Any:
+        models = [seeded_model(arch, data, s) for s in run_seeds]
+        steps = fit_seeds_steps(models, data, train, run_seeds) if len(run_seeds) > 1 else fit_steps(
+            models[0], data, train, seed=run_seeds[0])
+        return drain_steps(steps, on_epoch)[0]
+
+    def record(epoch: int, metrics: dict[str, float]) -> None:
+        for name in curve:
+            curve[name][epoch] = metrics[name]
+
     try:
-        models = [seeded_model(arch, data, s) for s in seeds]
-        steps = fit_seeds_steps(models, data, train, seeds) if len(seeds) > 1 else fit_steps(models[0], data, train,
-                                                                                             seed=seed)
-
-        def record(epoch: int, metrics: dict[str, float]) -> None:
-            for name in curve:
-                curve[name][epoch] = metrics[name]
-
-        result, _ = drain_steps(steps, record)
+        result = train_runs(seeds, record).to_dict()
+        first_error = result["val_error"]
+        if more:
+            result = rechecked_result(result, train_runs(more).to_dict())
     finally:
         torch.set_num_threads(previous)
     comparisons = []
@@ -222,8 +234,10 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
             comparisons.append(Comparison(f"epoch/{name}@{step}", value, curve[name].get(step, math.nan)))
     if state == "COMPLETE":
         metrics = run.data.metrics
-        comparisons += [Comparison("E_CNN", metrics["E_CNN"], result.val_loss),
-                        Comparison("val_error", metrics["val_error"], result.val_error),
-                        Comparison("epochs", metrics["epochs"], float(result.epochs))]
+        comparisons += [Comparison("E_CNN", metrics["E_CNN"], result["val_loss"]),
+                        Comparison("val_error", metrics["val_error"], result["val_error"]),
+                        Comparison("epochs", metrics["epochs"], float(result["epochs"]))]
+        if more:
+            comparisons.append(Comparison("val_error_first", metrics["val_error_first"], first_error))
     return Reproduction(run.info.run_id, int(run.data.tags[TAG_TRIAL]), same_machine, data_matches, comparisons,
                         notes)

@@ -3,7 +3,8 @@
 Flow of one trial: ask -> sample an Architecture -> its curve (layer_costs, E_comp) -> infeasible, or over
 search.max_macs? (pruned, never trained) -> duplicate of a finished architecture? (its result reused) -> bound check
 (scalar mode: λ·E_comp/scale >= best F -> pruned, never trained) -> train on a Ray worker, pruning on its
-per-epoch reports -> tell -> track -> front and hypervolume.
+per-epoch reports -> (search.recheck_seeds: a result that would enter the front trains more runs first) -> tell ->
+track -> front and hypervolume.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from nas.energy import (FrontPoint, best_so_far, bound_excludes, complexity_term
 from nas.lock import StudyLock
 from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile_png
 from nas.provenance import environment
-from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, repeat_seeds,
-                       storage_url, trial_attrs)
+from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, recheck_seeds,
+                       rechecked_result, repeat_seeds, storage_url, trial_attrs)
 from nas.sync import open_search_runs as _open_search_runs
 from nas.sync import member_test_metrics, profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
@@ -42,6 +43,7 @@ FRONT_REFRESH_SECONDS = 30.0
 TRACKING_DELAY = 2.0  # seconds the per-epoch and per-trial metrics may wait to be written in one batch
 EPOCH_PREFIX = "epoch/"
 BUDGET_REASON = "budget:"  # how the reason of a proposal over search.max_macs starts
+RECHECK = "recheck"  # the executor key of a front entrant's recheck task is (RECHECK, trial number)
 log = logging.getLogger(__name__)
 
 
@@ -122,6 +124,11 @@ class _Search:
         self.study = open_study(config)
         self.records: dict[int, TrialRecord] = {}
         self.live: dict[int, optuna.Trial] = {}
+        self.specs: dict[int, TaskSpec] = {}  # the task of each trial in self.live, for its recheck
+        # trials in self.live whose first task ended with a front entrant's result: that result, while their
+        # recheck trains (search.recheck_seeds)
+        self.rechecking: dict[int, dict[str, Any]] = {}
+        self.data_ref: Any = None  # the training and validation splits in the object store, once the loop starts
         self.reports: dict[int, list[dict[str, float]]] = {}
         self.results_by_arch: dict[str, tuple[int, dict[str, Any]]] = {}
         self.points: list[FrontPoint] = []
@@ -243,13 +250,13 @@ class _Search:
             self.loop_time = time.perf_counter() - loop_started
 
     def _loop(self) -> None:
-        data_ref = self.executor.put(self.dataset.without_test())
+        self.data_ref = self.executor.put(self.dataset.without_test())
         while self._wants_more(0) or self.live:
             # Read once per round: without a configured parallelism it asks the cluster for its CPUs (an RPC),
             # and nodes may join or leave during a long search.
             capacity = self.executor.parallelism
             while len(self.live) < capacity and self._wants_more(len(self.live)):
-                self._ask_and_dispatch(data_ref)
+                self._ask_and_dispatch(self.data_ref)
             for event in self.executor.poll(timeout=0.5):
                 self._handle(event)
             self.tracker.flush_stale()  # metrics batched for TRACKING_DELAY reach MLflow even when nothing else comes
@@ -318,22 +325,58 @@ class _Search:
         self.reports[trial.number] = []
         record.dispatched_at = time.perf_counter()
         further = repeat_seeds(self.config.seed, trial.number, self.search.seeds_per_trial)
-        self.executor.submit(trial.number, TaskSpec(arch.to_json(), self.config.train, seed,
-                                                    diagnostics=self.search.diagnostics, repeat_seeds=further),
-                             data_ref)
+        spec = TaskSpec(arch.to_json(), self.config.train, seed, diagnostics=self.search.diagnostics,
+                        repeat_seeds=further)
+        self.specs[trial.number] = spec
+        self.executor.submit(trial.number, spec, data_ref)
 
     def _handle(self, event: TrialEvent) -> None:
+        if isinstance(event.key, tuple):  # (RECHECK, number)
+            self._on_recheck(event.key[1], event)
+            return
         trial = self.live.get(event.key)
-        if trial is None:
+        if trial is None or trial.number in self.rechecking:
             return  # a late event of a trial already pruned
         if event.kind == "report":
             self._on_report(trial, event.epoch, event.payload or {})
         elif event.kind == "result":
+            if self._start_recheck(trial.number, event.payload or {}):
+                return
             del self.live[trial.number]
             self._finish_complete(trial, event.payload or {})
         else:
             del self.live[trial.number]
             self._finish_failed(trial, event.reason or event.kind)
+
+    # -- rechecking front entrants (search.recheck_seeds) -----------------------------------------------------
+    def _enters_front(self, macs: float, val_error: float) -> bool:
+        """Whether a result would enter the front: no completed trial has as few MACs and as low an error."""
+        return math.isfinite(val_error) and not any(p.macs <= macs and p.val_error <= val_error for p in self.points)
+
+    def _start_recheck(self, number: int, result: dict[str, Any]) -> bool:
+        """A trained trial whose first result would enter the front trains search.recheck_seeds more runs before
+        the study is told (the front one lucky run put on it is where the winner's curse lives); True when it
+        does. The trial stays in self.live, holding a worker's place, until its recheck ends."""
+        k = self.search.recheck_seeds
+        if not k or not self._enters_front(float(self.records[number].e_comp), float(result.get("val_error", math.nan))):
+            return False
+        seeds = recheck_seeds(self.config.seed, number, self.search.seeds_per_trial, k)
+        spec = TaskSpec(self.specs[number].arch_json, self.config.train, seeds[0], diagnostics=False,
+                        repeat_seeds=seeds[1:])
+        self.rechecking[number] = result
+        self.executor.submit((RECHECK, number), spec, self.data_ref)
+        return True
+
+    def _on_recheck(self, number: int, event: TrialEvent) -> None:
+        first = self.rechecking.get(number)
+        if first is None or event.kind == "report":
+            return  # its reports reach neither the pruner nor the trial's history (the first task's)
+        del self.rechecking[number]
+        trial = self.live.pop(number)
+        if event.kind == "result":
+            self._finish_complete(trial, rechecked_result(first, event.payload or {}))
+        else:  # nothing is lost: the trial is told its first task's result, and why the recheck is missing
+            self._finish_complete(trial, {**first, "recheck_error": f"recheck failed: {event.reason or event.kind}"})
 
     def _on_report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         # Per-epoch curves live under "epoch/" so they never mix with the final metrics of the same name.
@@ -388,6 +431,9 @@ class _Search:
             extra["val_error_std"] = statistics.stdev(float(r["val_error"]) for r in runs)
             if record.dispatched_at:  # trained here, not a reused result
                 extra["epochs_trained"] = float(record.epochs_trained)
+        if "recheck" in result:  # a front entrant, rechecked: the runs the recheck added, and what the first told
+            extra.update(recheck_runs=float(result["recheck"]["runs"]),
+                         val_error_first=float(result["recheck"]["val_error_first"]))
         diagnostics = {f"diag.{k}": float(v) for k, v in (result.get("diagnostics") or {}).items()}
         attrs = {ATTR.E_CNN: e_cnn, ATTR.VAL_ERROR: val_error, ATTR.F: f, ATTR.EPOCHS: record.epochs,
                  ATTR.FIXED_POINT: bool(result.get("fixed_point_reached", False)),
@@ -395,6 +441,9 @@ class _Search:
                  ATTR.HISTORY: self._history(trial.number), ATTR.DIAGNOSTICS: diagnostics}
         if runs:
             attrs[ATTR.RUNS] = runs
+        tags = dict(tags or {})
+        if result.get("recheck_error") and record.dispatched_at:
+            attrs[ATTR.REASON] = tags[TAG_REASON] = result["recheck_error"]
         trial.set_user_attr(RESULT, attrs)
         values = (f,) if self.search.mode == "scalar" else (float(record.e_comp), val_error)
         self.study.tell(trial, values)
@@ -412,7 +461,8 @@ class _Search:
         final.update(diagnostics)
         if diagnostics and record.dispatched_at:  # trained here, not a reused result
             self._log_diagnostics_plot(trial.number, result["diagnostics"], record.summary)
-        self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE", **(tags or {})}, step=record.epochs)
+        self.tracker.end_run(trial.number, "FINISHED", final, {TAG_STATE: "COMPLETE", **tags}, step=record.epochs)
+        self.specs.pop(trial.number, None)
         self._after_trial(trial.number)
 
     def _finish_pruned(self, trial: optuna.Trial, reason: str, epochs: int = 0) -> None:
@@ -429,6 +479,7 @@ class _Search:
         self.study.tell(trial, state=TrialState.PRUNED)
         record.state, record.reason, record.epochs = "PRUNED", reason, epochs
         self.live.pop(trial.number, None)
+        self.specs.pop(trial.number, None)
         self.tracker.end_run(trial.number, "KILLED", metrics, {TAG_STATE: "PRUNED", TAG_REASON: reason}, step=epochs)
         self._after_trial(trial.number)
 
@@ -436,6 +487,7 @@ class _Search:
         record = self.records[trial.number]
         trial.set_user_attr(RESULT, {ATTR.REASON: reason})
         self.study.tell(trial, state=TrialState.FAIL)
+        self.specs.pop(trial.number, None)
         record.state, record.reason = "FAIL", reason
         self.tracker.end_run(trial.number, "FAILED", None, {TAG_STATE: "FAIL", TAG_REASON: reason})
         self._after_trial(trial.number)

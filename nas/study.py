@@ -6,6 +6,8 @@ The driver (`nas.search`) is the only Optuna client; this module holds what it a
 from __future__ import annotations
 
 import hashlib
+import math
+import statistics
 import warnings
 from typing import Any
 
@@ -18,7 +20,7 @@ from nas.errors import ConfigError
 from nas.journal import PostgresJournalBackend, is_journal_url
 
 __all__ = ["trial_attrs", "RECORD", "RESULT", "derive_seed", "make_sampler", "make_pruner", "open_study", "storage_url", "front_points",
-           "FINISHED_STATES", "ATTR"]
+           "FINISHED_STATES", "ATTR", "repeat_seeds", "recheck_seeds", "result_runs", "rechecked_result"]
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -42,7 +44,7 @@ class ATTR:
     WALL_TIME = "train_wall_time"
     HISTORY = "history"  # per-epoch metrics, so MLflow can be rebuilt from the storage alone
     FINAL_EXTRA = "final_extra"  # the trainer's final residuals and step size
-    RUNS = "runs"  # search.seeds_per_trial > 1: each training run's seed, val loss and error, epochs
+    RUNS = "runs"  # several training runs (seeds_per_trial > 1, or a recheck): each run's seed, val loss and error, epochs
     DIAGNOSTICS = "diagnostics"  # geometry of the curve at initialization and trained (diag.init.*, diag.trained.*)
     REQUEUED = "requeued"  # failed because its driver died; its architecture was enqueued again
 
@@ -76,6 +78,45 @@ def derive_seed(study_seed: int, trial_number: int, replicate: int = 0) -> int:
 def repeat_seeds(study_seed: int, trial_number: int, runs: int) -> tuple[int, ...]:
     """The seeds of a trial's further training runs beyond its first (`search.seeds_per_trial` = `runs`)."""
     return tuple(derive_seed(study_seed, trial_number, -j) for j in range(1, runs))
+
+
+def recheck_seeds(study_seed: int, trial_number: int, seeds_per_trial: int, recheck: int) -> tuple[int, ...]:
+    """The seeds of a front entrant's recheck (`search.recheck_seeds` = `recheck`): the trial's next further
+    training-run seeds after the ``seeds_per_trial - 1`` its first task trained."""
+    return repeat_seeds(study_seed, trial_number, seeds_per_trial + recheck)[seeds_per_trial - 1:]
+
+
+RUN_KEYS = ("seed", "val_loss", "val_error", "epochs", "best_epoch", "fixed_point_reached")
+
+
+def result_runs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each training run's own outcome in a task's result: its ``runs`` (several seeds), or the one run it was."""
+    return list(result.get("runs") or []) or [{k: result[k] for k in RUN_KEYS}]
+
+
+def rechecked_result(first: dict[str, Any], recheck: dict[str, Any]) -> dict[str, Any]:
+    """A trial's result after its recheck: the mean over the runs of its first task and of the recheck's.
+
+    ``val_loss`` and ``val_error`` are the means of every run's own (each at its best epoch), ``epochs`` the
+    longest run's, ``fixed_point_reached`` whether every run reached its fixed point, the residuals the largest
+    (unknown if one is), ``wall_time`` the two tasks' together, ``runs`` every run; the rest (the history, the
+    diagnostics, the first seed) stays the first task's. ``recheck`` holds how many runs the recheck added and
+    the first task's validation loss and error, the numbers that made the trial a front entrant.
+    """
+    runs = result_runs(first) + result_runs(recheck)
+
+    def largest(name: str) -> float:
+        values = [float(r.get(name, math.nan)) for r in (first, recheck)]
+        return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+    return {**first, "val_loss": statistics.fmean(float(r["val_loss"]) for r in runs),
+            "val_error": statistics.fmean(float(r["val_error"]) for r in runs),
+            "epochs": max(int(r["epochs"]) for r in runs),
+            "fixed_point_reached": all(bool(r["fixed_point_reached"]) for r in runs),
+            "loss_residual": largest("loss_residual"), "update_residual": largest("update_residual"),
+            "wall_time": float(first.get("wall_time", 0.0)) + float(recheck.get("wall_time", 0.0)), "runs": runs,
+            "recheck": {"runs": len(result_runs(recheck)), "val_error_first": float(first["val_error"]),
+                        "val_loss_first": float(first["val_loss"])}}
 
 
 def make_sampler(config: Config, **tpe_options: Any) -> optuna.samplers.BaseSampler:

@@ -40,6 +40,8 @@ def test_base_config_values_are_overridden_by_the_child(tmp_path):
         ({"train": {"lr": "fast"}}, "train.lr must be a number"),
         ({"search": {"n_trials": 0}}, "search.n_trials must be at least 1"),
         ({"search": {"seeds_per_trial": 0}}, "search.seeds_per_trial must be at least 1, but got 0"),
+        ({"search": {"recheck_seeds": -1}}, "search.recheck_seeds must be >= 0, but got -1"),
+        ({"search": {"recheck_seeds": 1.5}}, "search.recheck_seeds must be an integer"),
         ({"train": {"lr_factor": 1.5}}, "train.lr_factor must be in (0, 1)"),
         ({"train": {"chance_tol": 1.0}}, "train.chance_tol must be in [0, 1)"),
         ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, "data.val_fraction"),

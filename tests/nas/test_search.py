@@ -458,3 +458,101 @@ def test_with_seeds_per_trial_each_trial_is_told_the_mean_of_its_training_runs(s
     assert reproduction.comparisons and all(c.equal for c in reproduction.comparisons), [
         c for c in reproduction.comparisons if not c.equal]
     assert any("mean of 2 training runs" in note for note in reproduction.notes)
+
+
+def _front_entrants_rechecked(config, executor, stores) -> tuple[Any, dict[int, Any]]:
+    """Run `config` on `executor` (one trial in flight); return the outcome and the study's trials by number."""
+    outcome = run_search(config, executor=executor)
+    trials = {t.number: t for t in optuna.load_study(study_name=config.study_name, storage=stores["storage"]).trials}
+    return outcome, trials
+
+
+def test_with_recheck_seeds_front_entrants_are_told_the_mean_of_more_runs(stores):
+    # search.recheck_seeds: 1 — a trained trial whose first result would enter the front (no completed trial with as
+    # few MACs and as low an error) trains one more run, with a seed of its own, before the study is told; it is
+    # told the mean of both runs. One trial in flight: the front each trial met is the completed trials before it.
+    from nas.review import reproduce_trial
+    from nas.study import derive_seed
+    from workers.ray_adapter import RayExecutor
+
+    config = tiny_config(stores, name="recheck", train={"max_epochs": 4},
+                         search={"n_trials": 6, "recheck_seeds": 1, "final_seeds": 0, "pruner": "none",
+                                 "bound_check": False, "storage": stores["storage"]})
+    executor = RayExecutor(parallelism=1, cpus_per_trial=1)
+    executor.start()
+    try:
+        outcome, trials = _front_entrants_rechecked(config, executor, stores)
+    finally:
+        executor.shutdown()
+    client, _, children = _runs(stores["tracking"], "recheck")
+    by_trial = {int(r.data.tags[TAG_TRIAL]): r for r in children}
+    seen: list[tuple[float, float]] = []  # (MACs, val error) of the completed trials so far
+    rechecked = []
+    for number in sorted(trials):
+        t, record = trials[number], outcome.records[number]
+        assert t.state == TrialState.COMPLETE
+        a = trial_attrs(t)
+        extra = a["final_extra"]
+        first = extra.get("val_error_first", a["val_error"])
+        entered = not any(macs <= a["E_comp"] and err <= first for macs, err in seen)
+        if record.duplicate_of is None:
+            assert ("recheck_runs" in extra) == entered, (number, seen, first)
+        if "recheck_runs" in extra and record.duplicate_of is None:
+            rechecked.append(number)
+            runs = a["runs"]
+            # the trial's seed, then the first seed of its own (the one seeds_per_trial: 2 would have used)
+            assert [r["seed"] for r in runs] == [a["seed"], derive_seed(0, number, -1)]
+            assert extra["recheck_runs"] == 1 and runs[0]["val_error"] == first
+            assert a["val_error"] == pytest.approx(statistics.fmean(r["val_error"] for r in runs))
+            assert a["E_CNN"] == pytest.approx(statistics.fmean(r["val_loss"] for r in runs))
+            assert t.value == pytest.approx(a["E_CNN"] + 0.1 * a["E_comp"] / 1e6)  # F of the mean
+            # the recheck's reports reach neither the history nor MLflow's per-epoch curves: those are the first run's
+            assert len(a["history"]) == runs[0]["epochs"]
+            assert len(client.get_metric_history(by_trial[number].info.run_id, "epoch/val_error")) == runs[0]["epochs"]
+            # both runs' epochs are counted, and MLflow has what the storage has
+            assert record.epochs_trained == extra["epochs_trained"] == sum(r["epochs"] for r in runs)
+            metrics = by_trial[number].data.metrics
+            assert metrics["val_error"] == pytest.approx(a["val_error"]) and metrics["val_error_first"] == first
+            assert metrics["recheck_runs"] == 1
+        elif record.duplicate_of is None:  # dominated at once: one run, as without the option
+            assert "runs" not in a and record.epochs_trained == a["epochs"]
+        seen.append((a["E_comp"], a["val_error"]))
+    assert rechecked and rechecked[0] == 0  # the first trial always enters the (empty) front
+    assert outcome.epochs_trained == sum(r.epochs_trained for r in outcome.records.values() if r.dispatched_at)
+
+    # `nas reproduce` retrains the first run and the recheck's, and gets the same curve and the same mean
+    reproduction = reproduce_trial(stores["tracking"], by_trial[rechecked[-1]].info.run_id)
+    assert reproduction.comparisons and all(c.equal for c in reproduction.comparisons), [
+        c for c in reproduction.comparisons if not c.equal]
+    assert {"val_error", "val_error_first", "epoch/val_error@1"} <= {c.name for c in reproduction.comparisons}
+    assert any("rechecked with 1 more training runs" in note for note in reproduction.notes)
+
+
+def test_a_failed_recheck_keeps_the_first_result_and_says_why(stores):
+    # A recheck task that fails (here its architecture cannot be read in the worker: a real Ray task error) loses
+    # nothing: the trial is told its first run's result, with the reason on the trial and its MLflow run.
+    from workers.ray_adapter import RayExecutor
+
+    class BrokenRecheck(RayExecutor):
+        def submit(self, key, spec, data_ref):
+            if isinstance(key, tuple) and key[0] == "recheck":
+                spec = replace(spec, arch_json="{not json")
+            super().submit(key, spec, data_ref)
+
+    config = tiny_config(stores, name="recheck_fails", train={"max_epochs": 2},
+                         search={"n_trials": 2, "recheck_seeds": 2, "final_seeds": 0, "pruner": "none",
+                                 "bound_check": False, "storage": stores["storage"]})
+    executor = BrokenRecheck(parallelism=1, cpus_per_trial=1)
+    executor.start()
+    try:
+        outcome, trials = _front_entrants_rechecked(config, executor, stores)
+    finally:
+        executor.shutdown()
+    t = trials[0]  # the first trial enters the empty front, so its recheck was tried
+    a = trial_attrs(t)
+    assert t.state == TrialState.COMPLETE and "runs" not in a and "recheck_runs" not in a["final_extra"]
+    assert a["reason"].startswith("recheck failed: ") and outcome.records[0].epochs_trained == a["epochs"]
+    _, _, children = _runs(stores["tracking"], "recheck_fails")
+    run = next(r for r in children if r.data.tags[TAG_TRIAL] == "0")
+    assert run.data.tags[TAG_STATE] == "COMPLETE" and run.data.tags[TAG_REASON] == a["reason"]
+    assert run.data.metrics["val_error"] == a["val_error"]
