@@ -62,7 +62,8 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
         outcome = run_search(config, executor=executor)
         wall = time.perf_counter() - started
     front = [{"trial": p.trial_number, "macs": p.macs, "val_error": p.val_error, "params": p.params,
-              "summary": p.summary, "test": outcome.final_test.get(str(p.trial_number))} for p in outcome.front]
+              "summary": p.summary, "test": outcome.final_test.get(str(p.trial_number)),
+              "val_error_first": (p.extra or {}).get("val_error_first")} for p in outcome.front]
     failed, fail_examples = _reasons(outcome, "FAIL")
     r = {"label": label, "dataset": dataset, "overrides": list(overrides), "sampler": config.search.sampler,
          "seed": config.seed, "n_trials": config.search.n_trials, "reference_point": list(config.search.reference_point),
@@ -71,7 +72,11 @@ def run_one(dataset: str, overrides: Sequence[str], executor: Any, *, label: str
          "history": [[n, hv] for n, hv in outcome.hypervolume_history
                      if config.search.count_duplicates or outcome.records[n].duplicate_of is None],
          "history_all": [[n, hv] for n, hv in outcome.hypervolume_history], "hypervolume": outcome.hypervolume,
-         "epochs": outcome.epochs_trained, "complete": outcome.count("COMPLETE"), "pruned": outcome.count("PRUNED"),
+         "epochs": outcome.epochs_trained,
+         # search.recheck_seeds: the trained trials whose first result entered the front and were rechecked
+         "rechecked": sum(1 for p in outcome.points if (p.extra or {}).get("val_error_first") is not None
+                          and outcome.records[p.trial_number].dispatched_at),
+         "complete": outcome.count("COMPLETE"), "pruned": outcome.count("PRUNED"),
          "failed": outcome.count("FAIL"),
          "duplicates": sum(1 for rec in outcome.records.values() if rec.duplicate_of is not None),
          "loop_s": outcome.loop_time, "wall_s": wall,

@@ -27,8 +27,8 @@ from nas.energy import (FrontPoint, best_so_far, bound_excludes, complexity_term
 from nas.lock import StudyLock
 from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile_png
 from nas.provenance import environment
-from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, recheck_seeds,
-                       rechecked_result, repeat_seeds, storage_url, trial_attrs)
+from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, point_extra,
+                       recheck_seeds, rechecked_result, repeat_seeds, storage_url, trial_attrs)
 from nas.sync import open_search_runs as _open_search_runs
 from nas.sync import member_test_metrics, profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
@@ -453,7 +453,7 @@ class _Search:
             self._add_curve(trial.number, record.e_comp, attrs[ATTR.HISTORY])
         self._update_best(f)
         self.points.append(FrontPoint(trial.number, float(record.e_comp), val_error, record.params, record.arch_id,
-                                      record.summary, {"F": f, "E_CNN": e_cnn, "epochs": record.epochs}))
+                                      record.summary, point_extra(attrs)))
         final = {"E_comp": record.e_comp, "E_CNN": e_cnn, "F": f, "val_error": val_error, "epochs": record.epochs,
                  "fixed_point_reached": float(attrs[ATTR.FIXED_POINT]), "params": record.params,
                  "train_wall_time": record.train_wall_time}
@@ -676,8 +676,10 @@ def front_table(front: list[FrontPoint], final: dict[str, dict[str, Any]] | None
                f"({test['seeds']} seeds)" if "test_accuracy_mean" in test else "—")
         if mixed and "test_accuracy_mean" in test and not test.get("refit"):
             acc += " (no refit)"  # kept from a run without the refit: its redo with it failed
-        lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | "
-                     f"{100 * p.val_error:.2f}% | {acc} |")
+        error = f"{100 * p.val_error:.2f}%"
+        if (p.extra or {}).get("val_error_first") is not None:  # rechecked: the mean of its runs, and its first run's
+            error += f" (first run {100 * p.extra['val_error_first']:.2f}%)"
+        lines.append(f"| {p.trial_number} | {p.summary} | {int(p.macs):,} | {p.params:,} | {error} | {acc} |")
     if any(t.get("refit") for t in tested):
         lines.append("\nTest accuracy: each seed's network trained again on the training and validation splits "
                      "with its run's schedule (search.final_refit), then tested once.")

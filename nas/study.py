@@ -20,7 +20,7 @@ from nas.errors import ConfigError
 from nas.journal import PostgresJournalBackend, is_journal_url
 
 __all__ = ["trial_attrs", "RECORD", "RESULT", "derive_seed", "make_sampler", "make_pruner", "open_study", "storage_url", "front_points",
-           "FINISHED_STATES", "ATTR", "repeat_seeds", "recheck_seeds", "result_runs", "rechecked_result"]
+           "FINISHED_STATES", "ATTR", "repeat_seeds", "recheck_seeds", "result_runs", "rechecked_result", "point_extra"]
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -220,8 +220,18 @@ def front_points(trials: list[FrozenTrial]) -> list[FrontPoint]:
         points.append(FrontPoint(trial_number=t.number, macs=float(a[ATTR.E_COMP]), val_error=float(a[ATTR.VAL_ERROR]),
                                  params=int(a.get(ATTR.PARAMS, 0)), arch_id=str(a.get(ATTR.ARCH_ID, "")),
                                  summary=str(a.get(ATTR.SUMMARY, "")),
-                                 extra={"F": a.get(ATTR.F), "E_CNN": a.get(ATTR.E_CNN), "epochs": a.get(ATTR.EPOCHS)}))
+                                 extra=point_extra(a)))
     return points
+
+
+def point_extra(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What a front point carries besides MACs and error, from a completed trial's attributes: F, E_CNN, epochs,
+    and for a rechecked front entrant (`search.recheck_seeds`) the first task's error, `val_error_first`."""
+    extra = {"F": attrs.get(ATTR.F), "E_CNN": attrs.get(ATTR.E_CNN), "epochs": attrs.get(ATTR.EPOCHS)}
+    first = (attrs.get(ATTR.FINAL_EXTRA) or {}).get("val_error_first")
+    if first is not None:
+        extra["val_error_first"] = first
+    return extra
 
 
 def study_front(study: optuna.Study) -> tuple[list[FrontPoint], list[FrontPoint]]:

@@ -518,6 +518,15 @@ def test_with_recheck_seeds_front_entrants_are_told_the_mean_of_more_runs(stores
             assert "runs" not in a and record.epochs_trained == a["epochs"]
         seen.append((a["E_comp"], a["val_error"]))
     assert rechecked and rechecked[0] == 0  # the first trial always enters the (empty) front
+    # every trained member of the final front was an entrant when it finished, so each was rechecked; the front's
+    # table and front.json show the mean of its runs beside its first run's error
+    from nas.search import front_json, front_table
+
+    trained = [p for p in outcome.front if outcome.records[p.trial_number].duplicate_of is None]
+    assert trained and all(p.extra["val_error_first"] == trial_attrs(trials[p.trial_number])["final_extra"][
+        "val_error_first"] for p in trained)
+    assert all(m["val_error_first"] is not None for m in front_json(trained, 0.0)["front"])
+    assert f"(first run {100 * trained[0].extra['val_error_first']:.2f}%)" in front_table(trained)
     assert outcome.epochs_trained == sum(r.epochs_trained for r in outcome.records.values() if r.dispatched_at)
 
     # `nas reproduce` retrains the first run and the recheck's, and gets the same curve and the same mean
