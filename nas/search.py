@@ -213,9 +213,13 @@ class _Search:
 
     @staticmethod
     def _stored_result(attrs: dict[str, Any]) -> dict[str, Any]:
-        return {"val_loss": attrs[ATTR.E_CNN], "val_error": attrs[ATTR.VAL_ERROR], "epochs": attrs.get(ATTR.EPOCHS, 0),
-                "fixed_point_reached": attrs.get(ATTR.FIXED_POINT, False), "wall_time": 0.0,
-                "runs": attrs.get(ATTR.RUNS) or []}
+        result = {"val_loss": attrs[ATTR.E_CNN], "val_error": attrs[ATTR.VAL_ERROR], "epochs": attrs.get(ATTR.EPOCHS, 0),
+                  "fixed_point_reached": attrs.get(ATTR.FIXED_POINT, False), "wall_time": 0.0,
+                  "runs": attrs.get(ATTR.RUNS) or []}
+        extra = attrs.get(ATTR.FINAL_EXTRA) or {}
+        if "val_error_first" in extra:  # a rechecked front entrant (search.recheck_seeds): a duplicate says so too
+            result["recheck"] = {"runs": int(extra["recheck_runs"]), "val_error_first": extra["val_error_first"]}
+        return result
 
     def _update_best(self, f: float) -> None:
         if self.best_f is None or f < self.best_f:
@@ -336,7 +340,7 @@ class _Search:
             return
         trial = self.live.get(event.key)
         if trial is None or trial.number in self.rechecking:
-            return  # a late event of a trial already pruned
+            return  # a late event of a trial already pruned, or of one whose first task ended (its recheck trains)
         if event.kind == "report":
             self._on_report(trial, event.epoch, event.payload or {})
         elif event.kind == "result":
@@ -355,8 +359,8 @@ class _Search:
 
     def _start_recheck(self, number: int, result: dict[str, Any]) -> bool:
         """A trained trial whose first result would enter the front trains search.recheck_seeds more runs before
-        the study is told (the front one lucky run put on it is where the winner's curse lives); True when it
-        does. The trial stays in self.live, holding a worker's place, until its recheck ends."""
+        the study is told (a place on the front won by one lucky run is the front's winner's curse); True when
+        it does. The trial stays in self.live, holding a worker's place, until its recheck ends."""
         k = self.search.recheck_seeds
         if not k or not self._enters_front(float(self.records[number].e_comp), float(result.get("val_error", math.nan))):
             return False

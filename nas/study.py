@@ -101,7 +101,7 @@ def rechecked_result(first: dict[str, Any], recheck: dict[str, Any]) -> dict[str
     longest run's, ``fixed_point_reached`` whether every run reached its fixed point, the residuals the largest
     (unknown if one is), ``wall_time`` the two tasks' together, ``runs`` every run; the rest (the history, the
     diagnostics, the first seed) stays the first task's. ``recheck`` holds how many runs the recheck added and
-    the first task's validation loss and error, the numbers that made the trial a front entrant.
+    the first task's validation error, which made the trial a front entrant.
     """
     runs = result_runs(first) + result_runs(recheck)
 
@@ -115,8 +115,7 @@ def rechecked_result(first: dict[str, Any], recheck: dict[str, Any]) -> dict[str
             "fixed_point_reached": all(bool(r["fixed_point_reached"]) for r in runs),
             "loss_residual": largest("loss_residual"), "update_residual": largest("update_residual"),
             "wall_time": float(first.get("wall_time", 0.0)) + float(recheck.get("wall_time", 0.0)), "runs": runs,
-            "recheck": {"runs": len(result_runs(recheck)), "val_error_first": float(first["val_error"]),
-                        "val_loss_first": float(first["val_loss"])}}
+            "recheck": {"runs": len(result_runs(recheck)), "val_error_first": float(first["val_error"])}}
 
 
 def make_sampler(config: Config, **tpe_options: Any) -> optuna.samplers.BaseSampler:

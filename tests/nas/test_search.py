@@ -565,3 +565,17 @@ def test_a_failed_recheck_keeps_the_first_result_and_says_why(stores):
     run = next(r for r in children if r.data.tags[TAG_TRIAL] == "0")
     assert run.data.tags[TAG_STATE] == "COMPLETE" and run.data.tags[TAG_REASON] == a["reason"]
     assert run.data.metrics["val_error"] == a["val_error"]
+
+
+def test_a_resumed_search_reuses_a_rechecked_result_as_rechecked():
+    # A rerun of the config rebuilds, from the storage, the results a duplicate proposal reuses: a rechecked entrant's
+    # carries its recheck (the runs it added and its first run's error), as the driver that trained it had it.
+    from nas.search import _Search
+    from nas.study import ATTR
+
+    attrs = {ATTR.E_CNN: 0.2, ATTR.VAL_ERROR: 0.05, ATTR.EPOCHS: 9, ATTR.FIXED_POINT: True,
+             ATTR.RUNS: [{"seed": 1, "val_error": 0.04}, {"seed": 2, "val_error": 0.06}],
+             ATTR.FINAL_EXTRA: {"recheck_runs": 1.0, "val_error_first": 0.04}}
+    result = _Search._stored_result(attrs)
+    assert result["recheck"] == {"runs": 1, "val_error_first": 0.04} and len(result["runs"]) == 2
+    assert "recheck" not in _Search._stored_result({**attrs, ATTR.FINAL_EXTRA: {}})
