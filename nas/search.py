@@ -473,6 +473,8 @@ class _Search:
         record = self.records[trial.number]
         attrs = {ATTR.REASON: reason, ATTR.EPOCHS: epochs, ATTR.HISTORY: self._history(trial.number)}
         metrics = {"epochs": epochs, "E_comp": record.e_comp}
+        if record.params:  # its curve was measured (not an infeasible proposal): as `nas sync` rebuilds the run
+            metrics["params"] = record.params
         # the runs that trained in each reported epoch (one run per trial unless search.seeds_per_trial > 1)
         record.epochs_trained = epochs
         if self.search.seeds_per_trial > 1:

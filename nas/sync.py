@@ -181,16 +181,21 @@ def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial,
                           num_classes: int | None) -> bool:
     from search_spaces import Architecture, InfeasibleArchitecture, layer_costs
 
-    arch_dict = trial_attrs(trial).get(ATTR.ARCH)
+    from nas.search import BUDGET_REASON
+
+    a = trial_attrs(trial)
+    arch_dict = a.get(ATTR.ARCH)
     if arch_dict is None:
         return False
+    # a proposal over search.max_macs ends in milliseconds: the driver logs its architecture, not its profile
+    profiled = not str(a.get(ATTR.REASON, "")).startswith(BUDGET_REASON)
     present = {a.path for a in client.list_artifacts(run_id)}
     wrote = False
     arch = Architecture.from_dict(arch_dict)
     if "architecture.json" not in present:
         client.log_text(run_id, json.dumps(arch.to_dict(), indent=2, sort_keys=True), "architecture.json")
         wrote = True
-    if input_shape is None or num_classes is None or (
+    if not profiled or input_shape is None or num_classes is None or (
             "complexity_profile.json" in present and "complexity_profile.png" in present):
         return wrote
     try:

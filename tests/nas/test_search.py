@@ -99,6 +99,8 @@ def test_tiny_search_records_study_runs_metrics_and_artifacts(stores, ray_execut
                       if int(c.data.tags["trial_number"]) == outcome.front[0].trial_number)
     assert {"test_accuracy_mean", "test_accuracy_std", "test_accuracy_train_split_mean"} <= set(member_run.data.metrics)
 
+    # `nas sync` right after the search finds every run as it would rebuild it: it writes nothing
+    assert _sync(stores, "tiny") == ([], [])
     for child in children:
         number = int(child.data.tags["trial_number"])
         state = study.trials[number].state.name
@@ -201,6 +203,8 @@ def test_a_macs_budget_trains_only_what_fits_and_records_the_rest(stores, ray_ex
     budget_runs = [c for c in children if c.data.tags.get(TAG_REASON, "").startswith("budget:")]
     assert len(budget_runs) == len(over) and all(c.info.status == "KILLED" for c in budget_runs)
     assert all("epoch/val_loss" not in c.data.metrics for c in budget_runs)
+    # the runs the search wrote are what `nas sync` rebuilds from the storage: a sync right after writes nothing
+    assert _sync(stores, "budget") == ([], [])
 
 
 def test_a_budget_below_every_network_stops_the_search_after_n_trials_proposals(stores, ray_executor, caplog):
@@ -460,6 +464,16 @@ def test_with_seeds_per_trial_each_trial_is_told_the_mean_of_its_training_runs(s
     assert any("mean of 2 training runs" in note for note in reproduction.notes)
 
 
+def _sync(stores: dict[str, str], name: str) -> tuple[list[int], list[int]]:
+    """`nas sync` of a study right after its search: the trials whose runs it (created, updated)."""
+    from nas.sync import sync_study
+
+    client = MlflowClient(stores["tracking"])
+    report = sync_study(optuna.load_study(study_name=name, storage=stores["storage"]), client,
+                        client.get_experiment_by_name(name).experiment_id)
+    return report.created, report.updated
+
+
 def _front_entrants_rechecked(config, executor, stores) -> tuple[Any, dict[int, Any]]:
     """Run `config` on `executor` (one trial in flight); return the outcome and the study's trials by number."""
     outcome = run_search(config, executor=executor)
@@ -536,6 +550,8 @@ def test_with_recheck_seeds_front_entrants_are_told_the_mean_of_more_runs(stores
         c for c in reproduction.comparisons if not c.equal]
     assert {"val_error", "val_error_first", "epoch/val_error@1"} <= {c.name for c in reproduction.comparisons}
     assert any("rechecked with 1 more training runs" in note for note in reproduction.notes)
+    # `nas sync` rebuilds the rechecked trials' runs as the search wrote them: right after, it writes nothing
+    assert _sync(stores, "recheck") == ([], [])
 
 
 def test_a_failed_recheck_keeps_the_first_result_and_says_why(stores):
