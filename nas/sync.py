@@ -183,12 +183,12 @@ def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial,
 
     from nas.search import BUDGET_REASON
 
-    a = trial_attrs(trial)
-    arch_dict = a.get(ATTR.ARCH)
+    attrs = trial_attrs(trial)
+    arch_dict = attrs.get(ATTR.ARCH)
     if arch_dict is None:
         return False
     # a proposal over search.max_macs ends in milliseconds: the driver logs its architecture, not its profile
-    profiled = not str(a.get(ATTR.REASON, "")).startswith(BUDGET_REASON)
+    profiled = not str(attrs.get(ATTR.REASON, "")).startswith(BUDGET_REASON)
     present = {a.path for a in client.list_artifacts(run_id)}
     wrote = False
     arch = Architecture.from_dict(arch_dict)

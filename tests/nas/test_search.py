@@ -474,8 +474,8 @@ def _sync(stores: dict[str, str], name: str) -> tuple[list[int], list[int]]:
     return report.created, report.updated
 
 
-def _front_entrants_rechecked(config, executor, stores) -> tuple[Any, dict[int, Any]]:
-    """Run `config` on `executor` (one trial in flight); return the outcome and the study's trials by number."""
+def _search_and_trials(config, executor, stores) -> tuple[Any, dict[int, Any]]:
+    """Run `config` on `executor`; return the outcome and the study's trials by number."""
     outcome = run_search(config, executor=executor)
     trials = {t.number: t for t in optuna.load_study(study_name=config.study_name, storage=stores["storage"]).trials}
     return outcome, trials
@@ -495,7 +495,7 @@ def test_with_recheck_seeds_front_entrants_are_told_the_mean_of_more_runs(stores
     executor = RayExecutor(parallelism=1, cpus_per_trial=1)
     executor.start()
     try:
-        outcome, trials = _front_entrants_rechecked(config, executor, stores)
+        outcome, trials = _search_and_trials(config, executor, stores)
     finally:
         executor.shutdown()
     client, _, children = _runs(stores["tracking"], "recheck")
@@ -571,7 +571,7 @@ def test_a_failed_recheck_keeps_the_first_result_and_says_why(stores):
     executor = BrokenRecheck(parallelism=1, cpus_per_trial=1)
     executor.start()
     try:
-        outcome, trials = _front_entrants_rechecked(config, executor, stores)
+        outcome, trials = _search_and_trials(config, executor, stores)
     finally:
         executor.shutdown()
     t = trials[0]  # the first trial enters the empty front, so its recheck was tried
