@@ -474,9 +474,17 @@ def _sync(stores: dict[str, str], name: str) -> tuple[list[int], list[int]]:
     return report.created, report.updated
 
 
-def _search_and_trials(config, executor, stores) -> tuple[Any, dict[int, Any]]:
-    """Run `config` on `executor`; return the outcome and the study's trials by number."""
-    outcome = run_search(config, executor=executor)
+def _search_one_in_flight(config, stores, executor_type: Any = None) -> tuple[Any, dict[int, Any]]:
+    """Run `config` with one trial in flight (on a RayExecutor, or `executor_type`, on the session's Ray); return
+    the outcome and the study's trials by number."""
+    from workers.ray_adapter import RayExecutor
+
+    executor = (executor_type or RayExecutor)(parallelism=1, cpus_per_trial=1)
+    executor.start()
+    try:
+        outcome = run_search(config, executor=executor)
+    finally:
+        executor.shutdown()
     trials = {t.number: t for t in optuna.load_study(study_name=config.study_name, storage=stores["storage"]).trials}
     return outcome, trials
 
@@ -487,17 +495,11 @@ def test_with_recheck_seeds_front_entrants_are_told_the_mean_of_more_runs(stores
     # told the mean of both runs. One trial in flight: the front each trial met is the completed trials before it.
     from nas.review import reproduce_trial
     from nas.study import derive_seed
-    from workers.ray_adapter import RayExecutor
 
     config = tiny_config(stores, name="recheck", train={"max_epochs": 4},
                          search={"n_trials": 6, "recheck_seeds": 1, "final_seeds": 0, "pruner": "none",
                                  "bound_check": False, "storage": stores["storage"]})
-    executor = RayExecutor(parallelism=1, cpus_per_trial=1)
-    executor.start()
-    try:
-        outcome, trials = _search_and_trials(config, executor, stores)
-    finally:
-        executor.shutdown()
+    outcome, trials = _search_one_in_flight(config, stores)
     client, _, children = _runs(stores["tracking"], "recheck")
     by_trial = {int(r.data.tags[TAG_TRIAL]): r for r in children}
     seen: list[tuple[float, float]] = []  # (MACs, val error) of the completed trials so far
@@ -568,12 +570,7 @@ def test_a_failed_recheck_keeps_the_first_result_and_says_why(stores):
     config = tiny_config(stores, name="recheck_fails", train={"max_epochs": 2},
                          search={"n_trials": 2, "recheck_seeds": 2, "final_seeds": 0, "pruner": "none",
                                  "bound_check": False, "storage": stores["storage"]})
-    executor = BrokenRecheck(parallelism=1, cpus_per_trial=1)
-    executor.start()
-    try:
-        outcome, trials = _search_and_trials(config, executor, stores)
-    finally:
-        executor.shutdown()
+    outcome, trials = _search_one_in_flight(config, stores, BrokenRecheck)
     t = trials[0]  # the first trial enters the empty front, so its recheck was tried
     a = trial_attrs(t)
     assert t.state == TrialState.COMPLETE and "runs" not in a and "recheck_runs" not in a["final_extra"]
