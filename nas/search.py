@@ -124,7 +124,7 @@ class _Search:
         self.study = open_study(config)
         self.records: dict[int, TrialRecord] = {}
         self.live: dict[int, optuna.Trial] = {}
-        self.specs: dict[int, TaskSpec] = {}  # the task of each trial in self.live, for its recheck
+        self.specs: dict[int, TaskSpec] = {}  # with search.recheck_seeds: each live trial's task, for its recheck
         # trials in self.live whose first task ended with a front entrant's result: that result, while their
         # recheck trains (search.recheck_seeds)
         self.rechecking: dict[int, dict[str, Any]] = {}
@@ -331,7 +331,8 @@ class _Search:
         further = repeat_seeds(self.config.seed, trial.number, self.search.seeds_per_trial)
         spec = TaskSpec(arch.to_json(), self.config.train, seed, diagnostics=self.search.diagnostics,
                         repeat_seeds=further)
-        self.specs[trial.number] = spec
+        if self.search.recheck_seeds:
+            self.specs[trial.number] = spec
         self.executor.submit(trial.number, spec, data_ref)
 
     def _handle(self, event: TrialEvent) -> None:
