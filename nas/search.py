@@ -27,8 +27,8 @@ from nas.energy import (FrontPoint, best_so_far, bound_excludes, complexity_term
 from nas.lock import StudyLock
 from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile_png
 from nas.provenance import environment
-from nas.study import (ATTR, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study, point_extra,
-                       recheck_seeds, rechecked_result, repeat_seeds, storage_url, trial_attrs)
+from nas.study import (ATTR, BUDGET_REASON, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study,
+                       point_extra, recheck_seeds, rechecked_result, repeat_seeds, storage_url, trial_attrs)
 from nas.sync import open_search_runs as _open_search_runs
 from nas.sync import member_test_metrics, profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
@@ -42,7 +42,6 @@ __all__ = ["run_search", "SearchOutcome", "TrialRecord"]
 FRONT_REFRESH_SECONDS = 30.0
 TRACKING_DELAY = 2.0  # seconds the per-epoch and per-trial metrics may wait to be written in one batch
 EPOCH_PREFIX = "epoch/"
-BUDGET_REASON = "budget:"  # how the reason of a proposal over search.max_macs starts
 RECHECK = "recheck"  # the executor key of a front entrant's recheck task is (RECHECK, trial number)
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.energy import FrontPoint, hypervolume, pareto_front
-from nas.study import ATTR, front_points, trial_attrs
+from nas.study import ATTR, BUDGET_REASON, front_points, trial_attrs
 from nas.tracking import (PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker, log_bytes,
                           log_in_batches)
 
@@ -180,8 +180,6 @@ def sync_trial(client: MlflowClient, experiment_id: str, study_name: str, parent
 def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial, input_shape: tuple[int, ...] | None,
                           num_classes: int | None) -> bool:
     from search_spaces import Architecture, InfeasibleArchitecture, layer_costs
-
-    from nas.search import BUDGET_REASON
 
     attrs = trial_attrs(trial)
     arch_dict = attrs.get(ATTR.ARCH)
