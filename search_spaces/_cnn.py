@@ -20,7 +20,7 @@ from ._plan import (
     NetworkPlan,
     Sequential,
 )
-from ._trial import Trial
+from ._trial import Trial, suggest_choice
 
 DOWNSAMPLES = ("stride", "pool", "none")
 HEADS = ("global_pool", "flatten")
@@ -208,6 +208,9 @@ class CNNSpace(SearchSpace):
         downsample: Choices among "stride", "pool", "none".
         downsample_every: Choices of n: downsample at layers i with (i + 1) % n == 0.
         head: Choices among "global_pool", "flatten".
+        ordered_choices: Draw channels and kernel sizes by their rank among the choices (an
+            integer parameter "channels_{i}_rank") instead of as categories, so the sampler
+            can learn that neighbouring values behave alike (see ``suggest_choice``).
 
     Raises:
         ValueError: Naming the key and value of the first invalid entry.
@@ -225,6 +228,7 @@ class CNNSpace(SearchSpace):
     downsample: tuple[str, ...] = DOWNSAMPLES
     downsample_every: tuple[int, ...] = (1, 2)
     head: tuple[str, ...] = HEADS
+    ordered_choices: bool = False
 
     def __post_init__(self) -> None:
         validated: dict[str, Any] = dict(
@@ -237,6 +241,7 @@ class CNNSpace(SearchSpace):
             downsample=check.str_choices("space.downsample", self.downsample, DOWNSAMPLES),
             downsample_every=check.int_choices("space.downsample_every", self.downsample_every),
             head=check.str_choices("space.head", self.head, HEADS),
+            ordered_choices=check.boolean("space.ordered_choices", self.ordered_choices),
         )
         for name, value in validated.items():
             object.__setattr__(self, name, value)
@@ -245,7 +250,8 @@ class CNNSpace(SearchSpace):
         """Draw a CNN architecture.
 
         Parameter names: "depth", "channels_{i}", "kernel_size" (or "kernel_size_{i}" with
-        per_layer_kernel), "activation", "batch_norm", "downsample", "downsample_every", "head".
+        per_layer_kernel), "activation", "batch_norm", "downsample", "downsample_every", "head";
+        with ordered_choices, the channel and kernel names end in "_rank".
         Parameters that cannot affect the model (everything after "depth" at depth 0,
         "downsample_every" without downsampling) are not drawn.
 
@@ -258,16 +264,17 @@ class CNNSpace(SearchSpace):
         depth = trial.suggest_int("depth", *self.depth)
         if depth == 0:
             return CNNArchitecture.linear()
+        ordered = self.ordered_choices
         channels = tuple(
-            trial.suggest_categorical(f"channels_{i}", self.channels) for i in range(depth)
+            suggest_choice(trial, f"channels_{i}", self.channels, ordered) for i in range(depth)
         )
         if self.per_layer_kernel:
             kernel_sizes = tuple(
-                trial.suggest_categorical(f"kernel_size_{i}", self.kernel_sizes)
+                suggest_choice(trial, f"kernel_size_{i}", self.kernel_sizes, ordered)
                 for i in range(depth)
             )
         else:
-            kernel_sizes = (trial.suggest_categorical("kernel_size", self.kernel_sizes),) * depth
+            kernel_sizes = (suggest_choice(trial, "kernel_size", self.kernel_sizes, ordered),) * depth
         activation = trial.suggest_categorical("activation", self.activations)
         batch_norm = trial.suggest_categorical("batch_norm", self.batch_norm)
         downsample = trial.suggest_categorical("downsample", self.downsample)

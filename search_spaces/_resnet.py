@@ -20,7 +20,7 @@ from ._plan import (
     Residual,
     Sequential,
 )
-from ._trial import Trial
+from ._trial import Trial, suggest_choice
 
 BLOCK_FORMS = ("post", "pre")
 
@@ -134,6 +134,9 @@ class ResNetSpace(SearchSpace):
         kernel_sizes: Choices of odd kernel sizes (one for the whole net).
         activations: Choices of activation names (keys of ACTIVATIONS).
         block_forms: Choices among "post" and "pre".
+        ordered_choices: Draw stem width, blocks, widths and kernel size by their rank among
+            the choices (integer parameters "width_{s}_rank" ...) instead of as categories (see
+            ``suggest_choice``).
 
     Raises:
         ValueError: Naming the key and value of the first invalid entry.
@@ -149,6 +152,7 @@ class ResNetSpace(SearchSpace):
     kernel_sizes: tuple[int, ...] = (3, 5)
     activations: tuple[str, ...] = tuple(ACTIVATIONS)
     block_forms: tuple[str, ...] = BLOCK_FORMS
+    ordered_choices: bool = False
 
     def __post_init__(self) -> None:
         validated: dict[str, Any] = dict(
@@ -159,6 +163,7 @@ class ResNetSpace(SearchSpace):
             kernel_sizes=check.int_choices("space.kernel_sizes", self.kernel_sizes, odd=True),
             activations=check.activation_choices("space.activations", self.activations),
             block_forms=check.str_choices("space.block_forms", self.block_forms, BLOCK_FORMS),
+            ordered_choices=check.boolean("space.ordered_choices", self.ordered_choices),
         )
         for name, value in validated.items():
             object.__setattr__(self, name, value)
@@ -167,7 +172,8 @@ class ResNetSpace(SearchSpace):
         """Draw a ResNet architecture.
 
         Parameter names: "stem_width", "stages", "blocks_{s}", "width_{s}", "kernel_size",
-        "activation", "block_form".
+        "activation", "block_form"; with ordered_choices, "stem_width", "blocks_{s}", "width_{s}"
+        and "kernel_size" end in "_rank".
 
         Args:
             trial: An ``optuna.Trial`` or a ``RandomTrial``.
@@ -175,17 +181,19 @@ class ResNetSpace(SearchSpace):
         Returns:
             The sampled architecture.
         """
-        stem_width = trial.suggest_categorical("stem_width", self.stem_width)
+        ordered = self.ordered_choices
+        stem_width = suggest_choice(trial, "stem_width", self.stem_width, ordered)
         stages = trial.suggest_int("stages", *self.stages)
         blocks = tuple(
-            trial.suggest_categorical(f"blocks_{s}", self.blocks_per_stage) for s in range(stages)
+            suggest_choice(trial, f"blocks_{s}", self.blocks_per_stage, ordered)
+            for s in range(stages)
         )
-        widths = tuple(trial.suggest_categorical(f"width_{s}", self.widths) for s in range(stages))
+        widths = tuple(suggest_choice(trial, f"width_{s}", self.widths, ordered) for s in range(stages))
         return ResNetArchitecture(
             stem_width=stem_width,
             blocks=blocks,
             widths=widths,
-            kernel_size=trial.suggest_categorical("kernel_size", self.kernel_sizes),
+            kernel_size=suggest_choice(trial, "kernel_size", self.kernel_sizes, ordered),
             activation=trial.suggest_categorical("activation", self.activations),
             block_form=trial.suggest_categorical("block_form", self.block_forms),
         )

@@ -69,7 +69,7 @@ def test_unknown_key_is_named_with_the_allowed_keys():
     # The unknown key is named as it appears in the YAML, and every allowed key is listed.
     assert str(error.value) == (
         "unknown key space.kernels for space 'cnn'; allowed keys: depth, channels, kernel_sizes, "
-        "per_layer_kernel, activations, batch_norm, downsample, downsample_every, head"
+        "per_layer_kernel, activations, batch_norm, downsample, downsample_every, head, ordered_choices"
     )
 
 
@@ -132,6 +132,11 @@ def test_unknown_activation_names_it_and_lists_the_options():
             "cnn",
             dict(per_layer_kernel="yes"),
             "space.per_layer_kernel must be true or false, but got 'yes'",
+        ),
+        (
+            "resnet",
+            dict(ordered_choices=1),
+            "space.ordered_choices must be true or false, but got 1",
         ),
         (
             "cnn",

@@ -133,6 +133,55 @@ def test_resnet_parameter_names_are_stable():
     ]
 
 
+def test_ordered_choices_draw_ranks_under_their_own_names():
+    space = get_space("cnn", depth=[2, 2], channels=[32, 8, 16], kernel_sizes=[5, 3],
+                      per_layer_kernel=True, ordered_choices=True)
+    trial = RecordingTrial(0)
+    arch = space.sample(trial)
+    # Channels and kernels are integer ranks among the choices sorted ascending, under "_rank" names
+    # (a study never holds "channels_0" as both a category and an integer).
+    assert trial.calls[:5] == [("int", "depth"), ("int", "channels_0_rank"), ("int", "channels_1_rank"),
+                               ("int", "kernel_size_0_rank"), ("int", "kernel_size_1_rank")]
+    assert arch.channels == tuple([8, 16, 32][trial.params[f"channels_{i}_rank"]] for i in range(2))
+    assert arch.kernel_sizes == tuple([3, 5][trial.params[f"kernel_size_{i}_rank"]] for i in range(2))
+    resnet = RecordingTrial(0)
+    get_space("resnet", stages=[1, 1], ordered_choices=True).sample(resnet)
+    assert [call for call in resnet.calls if call[0] == "int"] == [
+        ("int", "stem_width_rank"), ("int", "stages"), ("int", "blocks_0_rank"), ("int", "width_0_rank"),
+        ("int", "kernel_size_rank")]
+
+
+@pytest.mark.parametrize("space_name", sorted(SPACES))
+def test_ordered_choices_sample_every_choice_uniformly_and_replay_with_tpe(space_name):
+    space = get_space(space_name, ordered_choices=True)
+    plain = get_space(space_name)
+    # Uniform draws by rank reach the same architectures as categorical draws, with the same frequencies.
+    ordered_draws = [space.sample(RandomTrial(random.Random(seed))) for seed in range(400)]
+    plain_draws = [plain.sample(RandomTrial(random.Random(seed))) for seed in range(400)]
+    field = {"cnn": "channels", "resnet": "widths"}[space_name]
+    firsts = [getattr(a, field)[0] for a in ordered_draws if getattr(a, field)]
+    assert set(firsts) == {getattr(a, field)[0] for a in plain_draws if getattr(a, field)}
+    assert min(firsts.count(v) for v in set(firsts)) > 0.6 * len(firsts) / len(set(firsts))
+
+    def objective(trial: optuna.Trial) -> float:
+        arch = space.sample(trial)
+        trial.set_user_attr("arch", arch.to_json())
+        return float(total_macs(layer_costs(arch, (1, 40), 10)))
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(
+        seed=0, n_startup_trials=5, multivariate=True, group=True))
+    study.optimize(objective, n_trials=25)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert all(isinstance(d, optuna.distributions.IntDistribution)
+               for t in study.trials for k, d in t.distributions.items() if k.endswith("_rank"))
+    for frozen in study.trials:
+        assert space.sample(optuna.trial.FixedTrial(frozen.params)).to_json() == frozen.user_attrs["arch"]
+    # Minimising MACs, the model-based trials lean to the smallest widths: rank 0 is drawn most after start-up.
+    rank = {"cnn": "channels_0_rank", "resnet": "width_0_rank"}[space_name]
+    modelled = [t.params[rank] for t in study.trials[5:]]
+    assert modelled.count(0) > len(modelled) / 2
+
+
 def test_depth_zero_draws_nothing_else_and_gives_the_linear_baseline():
     trial = RecordingTrial(0)
     arch = get_space("cnn", depth=[0, 0]).sample(trial)
