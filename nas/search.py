@@ -28,7 +28,7 @@ from nas.lock import StudyLock
 from nas.plots import diagnostics_png, front_figure, hypervolume_figure, profile_png
 from nas.provenance import environment
 from nas.study import (ATTR, BUDGET_REASON, FINISHED_STATES, RECORD, RESULT, derive_seed, front_points, open_study,
-                       point_extra, recheck_seeds, rechecked_result, repeat_seeds, storage_url, trial_attrs)
+                       over_budget, point_extra, recheck_seeds, rechecked_result, repeat_seeds, storage_url, trial_attrs)
 from nas.sync import open_search_runs as _open_search_runs
 from nas.sync import member_test_metrics, profile_json
 from nas.tracking import PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker
@@ -69,7 +69,7 @@ class TrialRecord:
     @property
     def over_budget(self) -> bool:
         """E_comp over search.max_macs: never trained, not counted toward n_trials."""
-        return self.reason.startswith(BUDGET_REASON)
+        return over_budget(self.reason)
 
 
 @dataclass

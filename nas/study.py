@@ -20,10 +20,15 @@ from nas.errors import ConfigError
 from nas.journal import PostgresJournalBackend, is_journal_url
 
 __all__ = ["trial_attrs", "RECORD", "RESULT", "derive_seed", "make_sampler", "make_pruner", "open_study", "storage_url", "front_points",
-           "FINISHED_STATES", "ATTR", "BUDGET_REASON", "repeat_seeds", "recheck_seeds", "result_runs", "rechecked_result", "point_extra"]
+           "FINISHED_STATES", "ATTR", "BUDGET_REASON", "over_budget", "repeat_seeds", "recheck_seeds", "result_runs", "rechecked_result", "point_extra"]
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 BUDGET_REASON = "budget:"  # how the reason of a proposal over search.max_macs starts (it is never profiled)
+
+
+def over_budget(reason: object) -> bool:
+    """Whether a trial's reason says it was a proposal over search.max_macs: never trained nor profiled."""
+    return str(reason or "").startswith(BUDGET_REASON)
 
 
 class ATTR:

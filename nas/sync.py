@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.energy import FrontPoint, hypervolume, pareto_front
-from nas.study import ATTR, BUDGET_REASON, front_points, trial_attrs
+from nas.study import ATTR, front_points, over_budget, trial_attrs
 from nas.tracking import (PARENT, TAG_ARCH, TAG_KIND, TAG_REASON, TAG_STATE, TAG_STUDY, TAG_TRIAL, Tracker, log_bytes,
                           log_in_batches)
 
@@ -186,7 +186,7 @@ def _sync_trial_artifacts(client: MlflowClient, run_id: str, trial: FrozenTrial,
     if arch_dict is None:
         return False
     # a proposal over search.max_macs ends in milliseconds: the driver logs its architecture, not its profile
-    profiled = not str(attrs.get(ATTR.REASON, "")).startswith(BUDGET_REASON)
+    profiled = not over_budget(attrs.get(ATTR.REASON))
     present = {a.path for a in client.list_artifacts(run_id)}
     wrote = False
     arch = Architecture.from_dict(arch_dict)
