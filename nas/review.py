@@ -150,7 +150,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
     from nas.data import load_dataset
     from nas.study import recheck_seeds, rechecked_result, repeat_seeds
     from search_spaces import Architecture
-    from workers import drain_steps, fit_seeds_steps, fit_steps, seeded_model
+    from workers import drain_steps, fit_runs_steps, seeded_model
 
     client = client_for(uri)
     try:
@@ -213,9 +213,7 @@ def reproduce_trial(uri: str, run_id: str) -> Reproduction:
 
     def train_runs(run_seeds: list[int], on_epoch: Any = None) -> Any:
         models = [seeded_model(arch, data, s) for s in run_seeds]
-        steps = fit_seeds_steps(models, data, train, run_seeds) if len(run_seeds) > 1 else fit_steps(
-            models[0], data, train, seed=run_seeds[0])
-        return drain_steps(steps, on_epoch)[0]
+        return drain_steps(fit_runs_steps(models, data, train, run_seeds), on_epoch)[0]
 
     def record(epoch: int, metrics: dict[str, float]) -> None:
         for name in curve:

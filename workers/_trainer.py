@@ -49,6 +49,7 @@ __all__ = [
     "drain_steps",
     "fit_steps",
     "fit_seeds_steps",
+    "fit_runs_steps",
     "refit",
     "seeded_model",
     "evaluate",
@@ -499,3 +500,19 @@ def fit_seeds_steps(
                "best_epoch": r.best_epoch, "fixed_point_reached": r.fixed_point_reached} for r in results],
     )
     return result, [model for _, model in ended]  # type: ignore[misc]
+
+
+def fit_runs_steps(
+    models: list[nn.Module], data: TrainData, cfg: TrainConfig, seeds: list[int]
+) -> Generator[tuple[int, dict[str, float]], None, tuple[TrialResult, Any]]:
+    """The training of a trial: one run (`fit_steps`) for one seed, runs in lockstep (`fit_seeds_steps`) for more.
+
+    The search's worker and `nas reproduce` both train a trial through this, so a reproduction takes the
+    same path (and the same per-run result or mean) as the trial it reproduces.
+
+    Raises:
+        ValueError: when `models` is empty or its length is not that of `seeds`.
+    """
+    if len(models) == 1 and len(seeds) == 1:
+        return fit_steps(models[0], data, cfg, seed=seeds[0])
+    return fit_seeds_steps(models, data, cfg, seeds)

@@ -19,8 +19,7 @@ from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
 from search_spaces import Architecture, layer_costs
 from workers._diagnostics import diagnose
-from workers._trainer import (TrainConfig, TrainData, fit_seeds_steps, fit_steps, metrics_on_test_split, refit,
-                              seeded_model)
+from workers._trainer import TrainConfig, TrainData, fit_runs_steps, metrics_on_test_split, refit, seeded_model
 
 __all__ = ["RayExecutor", "TrialEvent", "TaskSpec", "cluster_cpus"]
 
@@ -82,12 +81,8 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
 
     if spec.diagnostics:
         diagnose_as("init")  # before any step
-    if spec.repeat_seeds:
-        seeds = [spec.seed, *spec.repeat_seeds]
-        steps: Generator[tuple[int, dict[str, float]], None, Any] = fit_seeds_steps(
-            [model, *(seeded_model(arch, data, seed) for seed in spec.repeat_seeds)], data, spec.train, seeds)
-    else:
-        steps = fit_steps(model, data, spec.train, seed=spec.seed)
+    steps = fit_runs_steps([model, *(seeded_model(arch, data, seed) for seed in spec.repeat_seeds)], data, spec.train,
+                           [spec.seed, *spec.repeat_seeds])
     while True:
         try:
             epoch, metrics = next(steps)
