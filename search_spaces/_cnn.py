@@ -210,7 +210,8 @@ class CNNSpace(SearchSpace):
         head: Choices among "global_pool", "flatten".
         ordered_choices: Draw channels and kernel sizes by their rank among the choices (an
             integer parameter "channels_{i}_rank") instead of as categories, so the sampler
-            can learn that neighbouring values behave alike (see ``suggest_choice``).
+            can learn that neighbouring values behave alike (see ``suggest_choice``). On
+            MNIST-1D it met item 2 of docs/SEARCH_QUALITY.md as often as categories, for more epochs.
 
     Raises:
         ValueError: Naming the key and value of the first invalid entry.
