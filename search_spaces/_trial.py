@@ -24,9 +24,10 @@ def suggest_choice(trial: Trial, name: str, choices: Sequence[int], ordered: boo
     An ordered draw is ``trial.suggest_int(name + "_rank", 0, len(choices) - 1)`` over the
     choices sorted ascending, so a sampler that models integers (TPE's Parzen estimator) spreads
     the weight of a good observation to the neighbouring ranks: a good net with 16 channels lends
-    weight to 8 and 25 as well. A categorical draw treats 8 and 16 channels as unrelated as 8 and 64. The parameter name
-    differs between the two ("channels_0" against "channels_0_rank"), so a study never holds one
-    name with two distributions. Uniform sampling draws either way with the same probabilities.
+    weight to 8 and 25 as well. A categorical draw treats 8 and 16 channels as unrelated as 8
+    and 64. The parameter name differs between the two ("channels_0" against "channels_0_rank"),
+    so a study never holds one name with two distributions. Uniform sampling draws either way
+    with the same probabilities.
 
     Args:
         trial: An ``optuna.Trial`` or a ``RandomTrial``.
