@@ -151,6 +151,7 @@ def test_ordered_choices_draw_ranks_under_their_own_names():
         ("int", "kernel_size_rank")]
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # TPE's `group`, as nas.study uses it
 @pytest.mark.parametrize("space_name", sorted(SPACES))
 def test_ordered_choices_sample_every_choice_uniformly_and_replay_with_tpe(space_name):
     space = get_space(space_name, ordered_choices=True)
