@@ -504,15 +504,19 @@ def fit_seeds_steps(
 
 def fit_runs_steps(
     models: list[nn.Module], data: TrainData, cfg: TrainConfig, seeds: list[int]
-) -> Generator[tuple[int, dict[str, float]], None, tuple[TrialResult, Any]]:
+) -> Generator[tuple[int, dict[str, float]], None, tuple[TrialResult, list[nn.Module]]]:
     """The training of a trial: one run (`fit_steps`) for one seed, runs in lockstep (`fit_seeds_steps`) for more.
 
     The search's worker and `nas reproduce` both train a trial through this, so a reproduction takes the
     same path (and the same per-run result or mean) as the trial it reproduces.
 
+    Returns:
+        ``(result, models)``: the one run's result or the runs' mean, and every model with its best weights.
+
     Raises:
         ValueError: when `models` is empty or its length is not that of `seeds`.
     """
     if len(models) == 1 and len(seeds) == 1:
-        return fit_steps(models[0], data, cfg, seed=seeds[0])
-    return fit_seeds_steps(models, data, cfg, seeds)
+        result, model = yield from fit_steps(models[0], data, cfg, seed=seeds[0])
+        return result, [model]
+    return (yield from fit_seeds_steps(models, data, cfg, seeds))

@@ -87,8 +87,7 @@ def _trial_task(spec: TaskSpec, data: TrainData, threads: int) -> Generator[dict
         try:
             epoch, metrics = next(steps)
         except StopIteration as done:
-            result, trained = done.value
-            model = trained[0] if spec.repeat_seeds else trained
+            result, (model, *_) = done.value  # the first run's model: the one the diagnostics followed
             break
         yield {"kind": "report", "epoch": epoch, "metrics": metrics}
     payload = result.to_dict()
