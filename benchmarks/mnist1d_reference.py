@@ -15,7 +15,7 @@ Two parts:
   whose front must hold an architecture with >= 94% mean test accuracy at <= half the reference MACs
   (15,875), within 30 minutes on this machine.
 
-Run: ``python -m benchmarks.mnist1d_reference [--seeds 0,1,2] [--trials 80] [--final-seeds 3]
+Run: ``python -m benchmarks.mnist1d_reference [--seeds 0,1,2] [--trials N] [--final-seeds 3]
 [--set key=value] [--skip-reference] [--skip-search] [--out FILE.json]``
 """
 
@@ -201,10 +201,19 @@ def search_rows(run: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def search_overrides(args: argparse.Namespace, base: Any) -> list[str]:
+    """The item-2 search: the config (``base``, with ``--set`` applied) at ``--search-seed``, with
+    ``--final-seeds`` seeds of final test and ``--trials`` trials, by default the config's own
+    ``search.n_trials`` (the search a user of configs/mnist1d_cnn.yaml gets)."""
+    trials = base.search.n_trials if args.trials is None else args.trials
+    return [f"seed={args.search_seed}", f"search.n_trials={trials}", f"search.final_seeds={args.final_seeds}",
+            *args.set]
+
+
 def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="seeds of the reference CNN's training")
-    p.add_argument("--trials", type=int, default=80, help="trials of the search")
+    p.add_argument("--trials", type=int, help="trials of the search (default: the config's search.n_trials)")
     p.add_argument("--search-seed", type=int, default=0)
     p.add_argument("--final-seeds", type=int, default=3)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides of the search config")
@@ -240,9 +249,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
         with ray_session(session) as ray:
             ex = ray.executor(2)
             started = time.perf_counter()
-            run = run_one("mnist1d_cnn", [f"seed={args.search_seed}", f"search.n_trials={args.trials}",
-                                          f"search.final_seeds={args.final_seeds}", *args.set], ex,
-                          label="item2", keep_final=True)
+            run = run_one("mnist1d_cnn", search_overrides(args, base), ex, label="item2", keep_final=True)
             run["total_s"] = time.perf_counter() - started
         data["search"] = run
         hits = [r for r in search_rows(run) if r[6] == "yes"]
