@@ -4,8 +4,8 @@
 
 * issue 2: overhead, parallelism, fixed point (about 20 minutes on a quiet 2-core machine);
 * issue 6: search quality on digits cnn (default vs random, 80 trials x 3 seeds), early stopping (4 variants,
-  seed 0), MNIST-1D against the published table (the reference CNN x 3 seeds, one search of the config's 160 trials with
-  3 final seeds per front member);
+  seed 0), MNIST-1D against the published table (the reference CNN x 3 seeds, one search of the config's
+  budget, 160 trials, with 3 final seeds per front member);
 * issue 3: driver capacity (TPE; SQLite, PostgreSQL tables, PostgreSQL journal), time to recover from a
   worker kill; these start their own Ray (and need the PostgreSQL server of ``GEONAS_TEST_PG``);
 * issue 5: the cost of the geometry diagnostics.
