@@ -13,11 +13,13 @@ does not change what a variant means.
 
 Per variant and seed: total epochs trained (`SearchOutcome.epochs_trained`), final hypervolume, trials
 pruned, loop wall time. ``--reuse FILE.json`` takes the runs of a `benchmarks.search_quality` JSON whose
-label is "default" (same dataset, trials, seeds) as the ``both`` variant instead of running it again, where
-the dataset's config as is has the pruner and the bound check on.
+label is "default" (same dataset, trials, seeds, parallelism) as the variant the dataset's config is as it
+stands (``both`` for the digits configs, ``bound_only`` for configs/mnist1d_cnn.yaml, which has no pruner)
+instead of running it again.
 
-Run: ``python -m benchmarks.early_stopping [--datasets digits_cnn] [--trials 80] [--seeds 0,1,2]
-[--variants both,pruner_only,bound_only,neither] [--reuse search_quality.json] [--out FILE.json]``
+Run: ``python -m benchmarks.early_stopping [--datasets digits_cnn,digits_resnet,mnist1d_cnn] [--trials 80]
+[--seeds 0,1,2] [--variants both,pruner_only,bound_only,neither] [--parallelism 2] [--reuse search_quality.json]
+[--out FILE.json]``
 """
 
 from __future__ import annotations
@@ -41,27 +43,41 @@ def variant_overrides(variant: str, pruner: str) -> list[str]:
     return [f"search.pruner={pruner if prune else 'none'}", f"search.bound_check={'true' if bound else 'false'}"]
 
 
-def pruner_of(dataset: str, chosen: str = "") -> tuple[str, bool]:
-    """The pruner a variant with pruning uses (`chosen`, else the config's, else the median pruner), and
-    whether the config as is runs variant "both" with it (so its search_quality runs can stand for it)."""
+def pruner_of(dataset: str, chosen: str = "") -> str:
+    """The pruner a variant with pruning uses: `chosen`, else the config's, else the median pruner."""
     from nas.config import load_config
 
     search = load_config(DATASETS.get(dataset, Path(dataset))).search
-    pruner = chosen or (search.pruner if search.pruner != "none" else "median")
-    return pruner, search.pruner == pruner and search.bound_check
+    return chosen or (search.pruner if search.pruner != "none" else "median")
+
+
+def config_variant(dataset: str, chosen: str = "") -> str | None:
+    """The variant that the dataset's config as it stands is (with `chosen` as the pruner of the variants that
+    prune), or None when it is none of them (its pruner is another than theirs)."""
+    from nas.config import load_config
+
+    search = load_config(DATASETS.get(dataset, Path(dataset))).search
+    pruner = pruner_of(dataset, chosen)
+    prunes = search.pruner != "none"
+    if prunes and search.pruner != pruner:
+        return None
+    return next(v for v, switches in VARIANTS.items() if switches == (prunes, search.bound_check))
 
 
 def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", default="digits_cnn")
+    p.add_argument("--datasets", default="digits_cnn,digits_resnet,mnist1d_cnn",
+                   help="comma-separated (default: the three of item 1; make bench runs digits_cnn)")
     p.add_argument("--trials", type=int, default=80)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--sampler", default="", help="override the config's sampler (default: keep it)")
     p.add_argument("--pruner", default="", help="the pruner of the variants that prune (default: the config's, "
                                                 "or median where the config has none)")
+    p.add_argument("--parallelism", type=int, default=2, help="trials in flight (default 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--reuse", type=Path, help="search_quality JSON whose 'default' runs stand for variant 'both'")
+    p.add_argument("--reuse", type=Path, help="search_quality JSON whose 'default' runs stand for the variant "
+                                              "that the dataset's config is as it stands")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     quiet_logs()
@@ -72,21 +88,26 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     reused: list[dict[str, Any]] = []
     if args.reuse:
         prior = json.loads(args.reuse.read_text())
-        reused = [dict(r, label="both", reused_from=str(args.reuse)) for r in prior["runs"]
+        if prior.get("args", {}).get("parallelism", 2) != args.parallelism:
+            p.error(f"--reuse {args.reuse}: its runs had parallelism {prior['args'].get('parallelism', 2)}, "
+                    f"these have {args.parallelism} (--parallelism)")
+        reused = [dict(r, reused_from=str(args.reuse)) for r in prior["runs"]
                   if r["label"] == "default" and r["n_trials"] == args.trials and r["seed"] in seeds]
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     with ray_session(session) as ray:
-        ex = ray.executor(2)
+        ex = ray.executor(args.parallelism)
         for dataset in [d for d in args.datasets.split(",") if d]:
-            pruner, config_is_both = pruner_of(dataset, args.pruner)
-            print(f"# {dataset}: the variants that prune use search.pruner={pruner}", flush=True)
+            pruner = pruner_of(dataset, args.pruner)
+            as_is = None if args.sampler or args.set else config_variant(dataset, args.pruner)
+            print(f"# {dataset}: the variants that prune use search.pruner={pruner}; the config as it stands is "
+                  f"variant {as_is or '(none of them, or changed by --sampler/--set)'}", flush=True)
             for variant in variants:
                 for seed in seeds:
                     prior_run = [r for r in reused if r["dataset"] == dataset and r["seed"] == seed
-                                 and variant == "both" and config_is_both]
+                                 and variant == as_is]
                     if prior_run:
-                        runs.append(prior_run[0])
+                        runs.append(dict(prior_run[0], label=variant))
                         continue
                     overrides = [f"seed={seed}", f"search.n_trials={args.trials}",
                                  *variant_overrides(variant, pruner), *args.set]
