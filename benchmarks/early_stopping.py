@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     reused: list[dict[str, Any]] = []
     if args.reuse:
         prior = json.loads(args.reuse.read_text())
+        changed = [f"--{k.replace('_', '-')} {v}" for k, v in prior.get("args", {}).items()
+                   if k in ("set", "tpe_options") and v]
+        if changed:
+            p.error(f"--reuse {args.reuse}: its runs changed the config ({', '.join(changed)}), so they are not "
+                    f"the config as it stands")
         if prior.get("args", {}).get("parallelism", 2) != args.parallelism:
             p.error(f"--reuse {args.reuse}: its runs had parallelism {prior['args'].get('parallelism', 2)}, "
                     f"these have {args.parallelism} (--parallelism)")

@@ -92,3 +92,17 @@ def test_early_stopping_pruner_is_the_configs_or_median_where_it_has_none():
     assert early_stopping.config_variant("digits_cnn", "dominance") is None
     assert early_stopping.config_variant("mnist1d_cnn", "dominance") == "bound_only"
     assert set(search_quality.DATASETS) == {"digits_cnn", "digits_resnet", "mnist1d_cnn"}
+
+
+def test_early_stopping_reuses_only_runs_of_the_config_as_it_stands(tmp_path, capsys):
+    # runs made with --set are another config: refused before any search starts (so no Ray is needed)
+    changed = tmp_path / "changed.json"
+    changed.write_text('{"args": {"set": ["search.lam=0.5"], "parallelism": 2}, "runs": []}')
+    with pytest.raises(SystemExit):
+        early_stopping.main(["--datasets", "digits_cnn", "--reuse", str(changed)])
+    assert "search.lam=0.5" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text('{"args": {"set": [], "parallelism": 1}, "runs": []}')
+    with pytest.raises(SystemExit):
+        early_stopping.main(["--datasets", "digits_cnn", "--reuse", str(other)])
+    assert "parallelism 1" in capsys.readouterr().err
