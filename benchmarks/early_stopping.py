@@ -43,23 +43,27 @@ def variant_overrides(variant: str, pruner: str) -> list[str]:
     return [f"search.pruner={pruner if prune else 'none'}", f"search.bound_check={'true' if bound else 'false'}"]
 
 
-def pruner_of(dataset: str, chosen: str = "") -> str:
-    """The pruner a variant with pruning uses: `chosen`, else the config's, else the median pruner."""
+def _search_config(dataset: str) -> Any:
     from nas.config import load_config
 
-    search = load_config(DATASETS.get(dataset, Path(dataset))).search
+    return load_config(DATASETS.get(dataset, Path(dataset))).search
+
+
+def _pruner(search: Any, chosen: str) -> str:
     return chosen or (search.pruner if search.pruner != "none" else "median")
+
+
+def pruner_of(dataset: str, chosen: str = "") -> str:
+    """The pruner a variant with pruning uses: `chosen`, else the config's, else the median pruner."""
+    return _pruner(_search_config(dataset), chosen)
 
 
 def config_variant(dataset: str, chosen: str = "") -> str | None:
     """The variant that the dataset's config as it stands is (with `chosen` as the pruner of the variants that
     prune), or None when it is none of them (its pruner is another than theirs)."""
-    from nas.config import load_config
-
-    search = load_config(DATASETS.get(dataset, Path(dataset))).search
-    pruner = pruner_of(dataset, chosen)
+    search = _search_config(dataset)
     prunes = search.pruner != "none"
-    if prunes and search.pruner != pruner:
+    if prunes and search.pruner != _pruner(search, chosen):
         return None
     return next(v for v, switches in VARIANTS.items() if switches == (prunes, search.bound_check))
 
@@ -88,13 +92,13 @@ def main(argv: list[str] | None = None, session: Any = None) -> dict[str, Any]:
     reused: list[dict[str, Any]] = []
     if args.reuse:
         prior = json.loads(args.reuse.read_text())
-        changed = [f"--{k.replace('_', '-')} {v}" for k, v in prior.get("args", {}).items()
-                   if k in ("set", "tpe_options") and v]
+        prior_args = prior.get("args", {})
+        changed = [f"--{k.replace('_', '-')} {v}" for k, v in prior_args.items() if k in ("set", "tpe_options") and v]
         if changed:
             p.error(f"--reuse {args.reuse}: its runs changed the config ({', '.join(changed)}), so they are not "
                     f"the config as it stands")
-        if prior.get("args", {}).get("parallelism", 2) != args.parallelism:
-            p.error(f"--reuse {args.reuse}: its runs had parallelism {prior['args'].get('parallelism', 2)}, "
+        if prior_args.get("parallelism", 2) != args.parallelism:
+            p.error(f"--reuse {args.reuse}: its runs had parallelism {prior_args.get('parallelism', 2)}, "
                     f"these have {args.parallelism} (--parallelism)")
         reused = [dict(r, reused_from=str(args.reuse)) for r in prior["runs"]
                   if r["label"] == "default" and r["n_trials"] == args.trials and r["seed"] in seeds]
